@@ -1,0 +1,226 @@
+"""The `reelmask` command: a thin adapter over the Python API.
+
+Each command's docstring is its --help text, with an example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from core import __version__
+from core.config import Config, load_config, render_toml
+from core.errors import Cancelled, ReelmaskError
+
+log = logging.getLogger("reelmask")
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    COMMANDS[fn.__name__.removeprefix("cmd_").replace("_", "-")] = fn
+    return fn
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.set or ())
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+# ------------------------------------------------------------------------- run
+
+@command
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run one frame folder now and write its outputs.
+
+    Writes masks/, prompts_used.jsonl, manifest.json and preview.mp4 into --out
+    (default: the configured outbox / the folder's name). The mode comes from --mode, else
+    from the folder's sidecar files (see README, "Modes").
+
+    example: reelmask run clips/dog --out results/dog --mode track --set models.image_size=512
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from core.engine.events import ChunkStarted, EngineWarning, FrameResult
+    from core.pipeline import JobFinished, JobStarted, prepare_job, run_job
+
+    cfg = _config(args)
+    src = Path(args.frames_dir)
+    out = Path(args.out) if args.out else cfg.path(cfg.paths.outbox) / src.resolve().name
+    job = prepare_job(src, cfg, mode=args.mode)
+    console = _stderr_console()
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("frames {task.fields[fps]} fps"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn()]
+    finished = None
+    with Progress(*columns, console=console, transient=False, disable=args.quiet) as bar:
+        task = bar.add_task(f"{job.choice.mode.value} {src.name}", total=len(job.folder), fps="-")
+        for event in run_job(job, out):
+            if isinstance(event, JobStarted):
+                console.print(f"[dim]{event.frames_total} frames, {event.chunks} chunk(s), "
+                              f"mode {event.mode.value} ({job.choice.reason})")
+            elif isinstance(event, FrameResult):
+                bar.advance(task)
+                t = bar.tasks[0]
+                speed = t.finished_speed or t.speed
+                bar.update(task, fps=f"{speed:.1f}" if speed else "-")
+            elif isinstance(event, ChunkStarted):
+                bar.update(task, description=f"{job.choice.mode.value} {src.name} · chunk {event.chunk} {event.sweep}")
+            elif isinstance(event, EngineWarning):
+                console.print(f"[yellow]warning:[/] {event.message}")
+            elif isinstance(event, JobFinished):
+                finished = event
+    if finished is None:
+        return 1
+    m = finished.manifest
+    for w in m["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {w}")
+    print(f"{m['frames']} masks written to {finished.output} "
+          f"({m['mode']}, {m['timings']['frames_per_second']} frames/s)")
+    return 0
+
+
+# ------------------------------------------------------------------------- models
+
+@command
+def cmd_models(args: argparse.Namespace) -> int:
+    """List, download or import SAM2 checkpoints in the model cache.
+
+    list            every known variant, whether its checksum is pinned and whether it is cached
+    pull NAME       download the official checkpoint and verify its size and sha256
+    import PATH     copy a checkpoint downloaded elsewhere into the cache (offline machines)
+
+    example: reelmask models import ~/Downloads/sam2.1_hiera_tiny.pt
+    """
+    from core.models import weights as W
+    from core.models.registry import SAM2_VARIANTS, find_variant
+
+    cfg = _config(args)
+    if args.action == "list":
+        from rich.table import Table
+
+        table = Table(title=f"SAM2 checkpoints (cache: {W.sam2_dir(cfg)})")
+        for col in ("name", "size", "sha256 pinned", "cached"):
+            table.add_column(col)
+        for v in SAM2_VARIANTS.values():
+            size, sha = W._pinned(v, cfg)
+            path = W.cached_path(v, cfg)
+            table.add_row(v.name, f"{size:,}" if size else "?", "yes" if sha else "on first download",
+                          str(path) if path.is_file() else "-")
+        from rich.console import Console
+
+        Console().print(table)
+        print(f"models.sam2 = {cfg.models.sam2}, models.sam2_weights = {cfg.models.sam2_weights}")
+        return 0
+    if not args.target:
+        raise ReelmaskError(f"`reelmask models {args.action}` needs a {'NAME' if args.action == 'pull' else 'PATH'}")
+    if args.action == "pull":
+        variant = find_variant(args.target)
+        if variant is None:
+            raise ReelmaskError(f"unknown model '{args.target}'; choose one of {', '.join(SAM2_VARIANTS)}")
+        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+        with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                      console=_stderr_console()) as bar:
+            task = bar.add_task(f"pull {variant.name}", total=None)
+            path = W.pull(variant, cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        print(f"{variant.name} verified at {path}")
+        return 0
+    variant, path = W.import_checkpoint(Path(args.target).expanduser(), args.name, cfg)
+    print(f"imported {variant.name} to {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------- config
+
+@command
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the effective configuration (or the shipped defaults with --defaults) as TOML.
+
+    example: reelmask config --set chunking.chunk_size=50
+    """
+    if args.defaults:
+        sys.stdout.write(render_toml())
+        return 0
+    cfg = _config(args)
+    import json
+
+    print(f"# from: {cfg.source}")
+    print(json.dumps(cfg.to_dict(), indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------------- parser
+
+def _doc(fn: Callable) -> tuple[str, str]:
+    doc = textwrap.dedent(fn.__doc__ or "").strip()
+    first, _, rest = doc.partition("\n")
+    return first, textwrap.dedent(rest).strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="config.toml to use (default: $REELMASK_CONFIG or ./config.toml)")
+    common.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set models.image_size=256 (repeatable)")
+    common.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                        help="log detail on stderr (default: warning)")
+
+    parser = argparse.ArgumentParser(
+        prog="reelmask", description="Frame folders in, object masks and alpha mattes out.",
+        epilog="Every command takes --config FILE and --set key=value. `reelmask COMMAND --help` for details.")
+    parser.add_argument("--version", action="version", version=f"reelmask {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str) -> argparse.ArgumentParser:
+        summary, details = _doc(COMMANDS[name])
+        return sub.add_parser(name, parents=[common], help=summary, description=f"{summary}\n\n{details}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = add("run")
+    p.add_argument("frames_dir", metavar="FRAMES_DIR", help="folder of numbered JPEG/PNG frames")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: <outbox>/<folder name>)")
+    p.add_argument("--mode", help="track, detect, promptless, refine, matting or unet (default: chosen from the folder)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add("models")
+    p.add_argument("action", choices=["list", "pull", "import"])
+    p.add_argument("target", nargs="?", metavar="NAME|PATH", help="model name for pull, file for import")
+    p.add_argument("--name", help="with import: which model the file is, when its checksum is not pinned")
+
+    p = add("config")
+    p.add_argument("--defaults", action="store_true", help="print the built-in defaults as config.toml")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", module="sam2")
+    try:
+        return COMMANDS[args.command](args)
+    except Cancelled:
+        print("reelmask: cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("reelmask: interrupted", file=sys.stderr)
+        return 130
+    except ReelmaskError as e:
+        print(f"reelmask: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ReelmaskError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

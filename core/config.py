@@ -1,0 +1,374 @@
+"""Configuration: config.toml -> frozen dataclasses.
+
+Precedence, lowest first: built-in defaults < config file < job.toml < ``--set key=value``.
+Every key is declared once below with its type and meaning; the shipped config.toml is rendered
+from these declarations (``render_toml``) and a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from core.errors import ConfigError
+
+CONFIG_ENV = "REELMASK_CONFIG"
+
+
+def _key(default: Any, help: str, **extra: Any) -> Any:
+    """Declare a config key with its default and a one-line meaning."""
+    meta = {"help": help, **extra}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class InboxSpec:
+    """One watched folder and the mode its folders get when nothing else decides."""
+
+    path: str
+    mode: str = ""
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    inboxes: tuple[str, ...] = _key(["inbox"], "folders watched for new frame folders")
+    inbox: tuple[InboxSpec, ...] = _key(
+        [], "extra inboxes with their own default mode: [[paths.inbox]] path = ..., mode = ..."
+    )
+    outbox: str = _key("outbox", "where results appear, one folder per job")
+    done: str = _key("done", "where inputs go after a successful job")
+    failed: str = _key("failed", "where inputs go after a failed job, with error.txt")
+    db: str = _key("reelmask.db", "SQLite state shared by daemon, CLI and TUI")
+    work: str = _key("work", "scratch space for jobs in progress (resumable partial outputs)")
+    cache: str = _key("", "model cache; empty means $XDG_CACHE_HOME/reelmask or ~/.cache/reelmask")
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    settle_seconds: float = _key(5.0, "a folder without .ready is complete after this many quiet seconds")
+    polling: bool = _key(False, "poll the file system instead of OS events (network shares)")
+    poll_interval: float = _key(1.0, "seconds between scans when polling")
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    sam2: str = _key("sam2.1_hiera_tiny", "SAM2 variant name (see `reelmask models list`) or a checkpoint path")
+    sam2_weights: str = _key("auto", '"auto" = cached official checkpoint, downloaded on first use; "random" = untrained weights for tests')
+    sam2_arch: str = _key("auto", 'architecture of a checkpoint given by path: "auto" reads it from the weights, or a variant name')
+    image_size: int = _key(1024, "SAM2 input size in pixels (multiple of 32); lower is faster and coarser")
+    yolo: str = _key("yolo11n.pt", "Ultralytics detector weights for detect mode")
+    device: str = _key("auto", '"auto" (CUDA if present, else CPU), "cpu", "cuda" or "cuda:N"')
+    dtype: str = _key("auto", '"auto" (bfloat16 autocast on CUDA, float32 on CPU), "float32" or "bfloat16"')
+    seed: int = _key(0, "random seed for random weights and sampling")
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    chunk_size: int = _key(100, "frames per SAM2 inference state; bounds memory whatever the video length")
+    overlap: int = _key(1, "frames shared by neighbouring chunks; the hand-over mask sits on the first shared frame")
+    anchor_prompts: bool = _key(True, "re-add each object's latest user prompt frame as conditioning memory in later chunks")
+    prefetch: int = _key(6, "frames decoded ahead of SAM2 by a background thread")
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    classes: tuple[str, ...] = _key([], "COCO class names or ids to detect; empty = every class")
+    min_confidence: float = _key(0.5, "detections below this confidence are ignored")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    preview: bool = _key(True, "write preview.mp4 with the masks drawn over the frames")
+    preview_fps: float = _key(25.0, "frame rate of preview.mp4")
+    preview_max_side: int = _key(960, "longest side of preview.mp4 in pixels (frames are scaled down to fit)")
+    preview_opacity: float = _key(0.5, "opacity of the mask colours in preview.mp4 (0..1)")
+    fill_hole_area: int = _key(8, "fill background holes up to this many pixels (at SAM2 mask resolution) inside masks; 0 = off")
+    overwrite: bool = _key(False, "replace an existing output folder instead of refusing")
+
+
+SECTIONS: dict[str, type] = {
+    "paths": PathsConfig,
+    "watch": WatchConfig,
+    "models": ModelsConfig,
+    "chunking": ChunkingConfig,
+    "detect": DetectConfig,
+    "output": OutputConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    base_dir: Path = field(default_factory=Path.cwd, compare=False)
+    source: str = field(default="defaults", compare=False)
+
+    def path(self, value: str | os.PathLike[str]) -> Path:
+        """Resolve a path from the config against the config file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict of every key, for manifests and `config show`."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            out[name] = {f.name: _plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
+        return out
+
+    def inbox_specs(self) -> list[InboxSpec]:
+        """Every configured inbox: plain `inboxes` entries first, then `[[paths.inbox]]` tables."""
+        return [InboxSpec(p) for p in self.paths.inboxes] + list(self.paths.inbox)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return value
+
+
+# ---------------------------------------------------------------- typing and validation
+
+def all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(choices)}"
+
+
+def _type_name(tp: Any) -> str:
+    if tp == tuple[str, ...]:
+        return "list of strings"
+    if tp == tuple[InboxSpec, ...]:
+        return "list of tables {path, mode}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, tp: Any, value: Any, origin: str) -> Any:
+    """Check one value against its declared type; ints are accepted where floats are."""
+    where = f"{key} in {origin}"
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp == tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list) and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+            return tuple(str(v) for v in value)
+    elif tp == tuple[InboxSpec, ...]:
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            specs = []
+            for i, item in enumerate(value):
+                unknown = set(item) - {"path", "mode"}
+                if unknown or not isinstance(item.get("path"), str) or not isinstance(item.get("mode", ""), str):
+                    raise ConfigError(
+                        f"{where}: entry {i} must be a table with a string 'path' and an optional string "
+                        f"'mode', got {item!r}"
+                    )
+                specs.append(InboxSpec(item["path"], item.get("mode", "")))
+            return tuple(specs)
+    raise ConfigError(f"{where} must be a {_type_name(tp)}, got {value!r}")
+
+
+def _apply(base: Config, data: Mapping[str, Any], origin: str) -> Config:
+    """Return `base` with the sections/keys of a parsed TOML mapping applied."""
+    sections = list(SECTIONS)
+    replaced: dict[str, Any] = {}
+    for sname, values in data.items():
+        if sname not in SECTIONS:
+            raise ConfigError(f"unknown section [{sname}] in {origin}{_suggest(sname, sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{sname}] in {origin} must be a table of keys, got {values!r}")
+        cls = SECTIONS[sname]
+        types = _field_types(cls)
+        changes = {}
+        for k, v in values.items():
+            if k not in types:
+                raise ConfigError(
+                    f"unknown key '{sname}.{k}' in {origin}{_suggest(f'{sname}.{k}', all_keys())}"
+                )
+            changes[k] = _coerce(f"{sname}.{k}", types[k], v, origin)
+        replaced[sname] = dataclasses.replace(replaced.get(sname, getattr(base, sname)), **changes)
+    return dataclasses.replace(base, **replaced)
+
+
+def _parse_set_value(raw: str) -> Any:
+    """Read a --set value as a TOML literal (1, 0.5, true, ["a"]) and fall back to a bare string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def parse_sets(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Turn ["models.image_size=256", ...] into a nested mapping, with clear errors."""
+    nested: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects section.key=value, got '{pair}' (example: --set models.image_size=256)")
+        key, raw = pair.split("=", 1)
+        key = key.strip()
+        if key.count(".") != 1:
+            raise ConfigError(f"--set key '{key}' must look like section.key{_suggest(key, all_keys())}")
+        section, name = key.split(".")
+        nested.setdefault(section, {})[name] = _parse_set_value(raw.strip())
+    return nested
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; check the path given to --config") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+
+
+def _validate(cfg: Config) -> Config:
+    c = cfg.chunking
+    if c.chunk_size < 2:
+        raise ConfigError(f"chunking.chunk_size must be at least 2, got {c.chunk_size}")
+    if not 0 <= c.overlap < c.chunk_size:
+        raise ConfigError(
+            f"chunking.overlap must be between 0 and chunk_size - 1 ({c.chunk_size - 1}), got {c.overlap}"
+        )
+    if c.prefetch < 0:
+        raise ConfigError(f"chunking.prefetch must be 0 or more, got {c.prefetch}")
+    m = cfg.models
+    if m.image_size < 64 or m.image_size % 32:
+        raise ConfigError(f"models.image_size must be a multiple of 32 and at least 64, got {m.image_size}")
+    if m.dtype not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f'models.dtype must be "auto", "float32" or "bfloat16", got "{m.dtype}"')
+    if not (m.device in ("auto", "cpu", "cuda", "mps") or m.device.startswith("cuda:")):
+        raise ConfigError(f'models.device must be "auto", "cpu", "cuda" or "cuda:N", got "{m.device}"')
+    if not 0.0 <= cfg.detect.min_confidence <= 1.0:
+        raise ConfigError(f"detect.min_confidence must be between 0 and 1, got {cfg.detect.min_confidence}")
+    o = cfg.output
+    if o.preview_fps <= 0 or o.preview_max_side < 16 or not 0.0 <= o.preview_opacity <= 1.0 or o.fill_hole_area < 0:
+        raise ConfigError(
+            "output.preview_fps must be > 0, output.preview_max_side >= 16, output.preview_opacity in 0..1 "
+            f"and output.fill_hole_area >= 0; got {o.preview_fps}, {o.preview_max_side}, "
+            f"{o.preview_opacity}, {o.fill_hole_area}"
+        )
+    if cfg.watch.settle_seconds < 0 or cfg.watch.poll_interval <= 0:
+        raise ConfigError("watch.settle_seconds must be >= 0 and watch.poll_interval > 0")
+    return cfg
+
+
+def default_config_path() -> Path | None:
+    """$REELMASK_CONFIG, else ./config.toml when present, else None (built-in defaults)."""
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    local = Path.cwd() / "config.toml"
+    return local if local.is_file() else None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    job_toml: Path | None = None,
+    use_default_path: bool = True,
+) -> Config:
+    """Build the effective config: defaults < file < job.toml < --set."""
+    cfg_path = Path(path) if path else (default_config_path() if use_default_path else None)
+    cfg = Config()
+    if cfg_path is not None:
+        cfg_path = cfg_path.expanduser().resolve()
+        cfg = _apply(cfg, read_toml(cfg_path), str(cfg_path))
+        cfg = dataclasses.replace(cfg, base_dir=cfg_path.parent, source=str(cfg_path))
+    if job_toml is not None and job_toml.is_file():
+        cfg = with_overrides(cfg, read_toml(job_toml), str(job_toml))
+    if sets:
+        cfg = _apply(cfg, parse_sets(sets), "--set")
+    return _validate(cfg)
+
+
+def with_overrides(cfg: Config, data: Mapping[str, Any], origin: str) -> Config:
+    """Apply a mapping of overrides (job.toml, --set) on top of a loaded config."""
+    return _validate(_apply(cfg, data, origin))
+
+
+# ---------------------------------------------------------------- rendering config.toml
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+_TYPE_WORDS = {bool: "bool", int: "int", float: "float", str: "str"}
+
+
+def render_toml() -> str:
+    """The shipped config.toml: every key with its default and a `# (type) meaning` comment."""
+    lines = [
+        "# reelmask configuration. Every key is optional: a missing key keeps the default shown here.",
+        "# Precedence: built-in defaults < this file < a job folder's job.toml < --set section.key=value.",
+        "# Relative paths resolve against the folder of this file.",
+    ]
+    defaults = Config()
+    for sname, cls in SECTIONS.items():
+        lines += ["", f"[{sname}]"]
+        types = _field_types(cls)
+        section = getattr(defaults, sname)
+        for f in dataclasses.fields(cls):
+            tp = types[f.name]
+            word = _TYPE_WORDS.get(tp) or ("list[str]" if tp == tuple[str, ...] else "list[table]")
+            lines.append(f"# ({word}) {f.metadata['help']}")
+            value = getattr(section, f.name)
+            if tp == tuple[InboxSpec, ...]:
+                lines.append("# (see the [[paths.inbox]] example at the end of this file)")
+                continue
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    lines += [
+        "",
+        "# An inbox with its own default mode (used when a folder's sidecars do not decide):",
+        "# [[paths.inbox]]",
+        '# path = "inbox/matting"',
+        '# mode = "matting"',
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,55 @@
+"""What engines yield. Pipelines consume these; nothing here does I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """The final object-id map of one frame (0 = background)."""
+
+    frame: int
+    id_map: np.ndarray = field(repr=False)
+    chunk: int
+
+
+@dataclass(frozen=True)
+class PromptUsed:
+    """One prompt actually given to SAM2 (a line of prompts_used.jsonl)."""
+
+    frame: int
+    object_id: int
+    source: str  # user | detector | handover | auto | mask
+    chunk: int
+    box: tuple[float, float, float, float] | None = None
+    points: tuple[tuple[float, float], ...] | None = None
+    labels: tuple[int, ...] | None = None
+    confidence: float | None = None
+
+
+@dataclass(frozen=True)
+class ChunkStarted:
+    chunk: int
+    start: int
+    end: int
+    sweep: str  # forward | backward
+
+
+@dataclass(frozen=True)
+class ChunkFinished:
+    chunk: int
+    start: int
+    end: int
+    sweep: str
+    seconds: float
+    frames_emitted: int
+
+
+@dataclass(frozen=True)
+class EngineWarning:
+    message: str
+    frame: int | None = None
+    object_id: int | None = None

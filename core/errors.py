@@ -1,0 +1,33 @@
+"""Errors a user can act on. Each message says what is wrong, where, and how to fix it."""
+
+
+class ReelmaskError(Exception):
+    """Base of every error reelmask reports to a user (one-line reason, no traceback)."""
+
+
+class ConfigError(ReelmaskError):
+    """A config file, job.toml or --set value is wrong."""
+
+
+class FrameFolderError(ReelmaskError):
+    """The input folder is not a usable sequence of frames."""
+
+
+class PromptError(ReelmaskError):
+    """prompts.json (or a file it names) is malformed or does not fit the frames."""
+
+
+class ModelError(ReelmaskError):
+    """A model cannot be found, downloaded, verified or built."""
+
+
+class ModeNotAvailable(ReelmaskError):
+    """The requested mode is not part of this build yet."""
+
+
+class OutputError(ReelmaskError):
+    """The output folder cannot be written."""
+
+
+class Cancelled(ReelmaskError):
+    """The job was asked to stop."""

@@ -1,0 +1,234 @@
+"""Frame folders: discovery, natural order, size checks, and lazy decoding with prefetch.
+
+A frame folder holds JPEG/PNG images whose names carry a frame number. Sidecar files
+(prompts.json, job.toml, .ready) and sub-folders (masks/, diffs/) are never frames.
+Frames are decoded one at a time from disk; nothing copies the video or holds it in memory.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from core.errors import FrameFolderError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+_NUMBER = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders frame_7.png before frame_10.png (case-insensitive text parts)."""
+    parts = _NUMBER.split(name)
+    return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts))
+
+
+def is_frame_name(name: str) -> bool:
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+@dataclass(frozen=True)
+class FrameFolder:
+    """The ordered frames of one input folder, checked to be readable images of one size."""
+
+    root: Path
+    names: tuple[str, ...]
+    width: int
+    height: int
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def path(self, index: int) -> Path:
+        return self.root / self.names[index]
+
+    def stem(self, index: int) -> str:
+        return Path(self.names[index]).stem
+
+    def index_of(self, name: str) -> int | None:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            return None
+
+    @classmethod
+    def scan(cls, root: str | Path, *, allow_outside: Path | None = None) -> "FrameFolder":
+        """List, order and check the frames of `root`.
+
+        `allow_outside`, when given, is the only tree a frame may live in once symlinks are
+        followed (the daemon passes its inbox so a link cannot read files from elsewhere).
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise FrameFolderError(f"{root} is not a folder; give a folder of numbered JPEG or PNG frames")
+        names = []
+        for entry in root.iterdir():
+            if not is_frame_name(entry.name):
+                continue
+            if entry.is_dir():
+                continue
+            if allow_outside is not None:
+                target = entry.resolve()
+                if not target.is_relative_to(allow_outside.resolve()):
+                    raise FrameFolderError(
+                        f"frame {entry.name} is a link to {target}, outside {allow_outside}; "
+                        "copy the real file into the folder instead of linking to it"
+                    )
+            if not _NUMBER.search(Path(entry.name).stem):
+                raise FrameFolderError(
+                    f"image {entry.name} in {root} has no frame number in its name; "
+                    "rename it (for example 00000.jpg) or move it out of the folder"
+                )
+            names.append(entry.name)
+        if not names:
+            others = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))[:5]
+            seen = f" (found: {', '.join(others)})" if others else " (the folder is empty)"
+            raise FrameFolderError(
+                f"no frames in {root}{seen}; add numbered .jpg/.jpeg/.png images such as 00000.jpg"
+            )
+        names.sort(key=natural_key)
+        for a, b in zip(names, names[1:]):
+            if natural_key(a) == natural_key(b):
+                raise FrameFolderError(
+                    f"frames {a} and {b} in {root} have the same number; remove one of them"
+                )
+        width, height = _image_size(root / names[0])
+        for name in names[1:]:
+            size = _image_size(root / name)
+            if size != (width, height):
+                raise FrameFolderError(
+                    f"frame {name} is {size[0]}x{size[1]} but {names[0]} is {width}x{height}; "
+                    "all frames of a folder must have one size (resize or remove the odd frame)"
+                )
+        return cls(root=root, names=tuple(names), width=width, height=height)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """Width and height from the image header, with a clear error for unreadable files."""
+    try:
+        if path.stat().st_size == 0:
+            raise FrameFolderError(f"frame {path.name} is an empty (0-byte) file; re-export or remove it")
+        with Image.open(path) as im:
+            im.verify()
+            return im.size
+    except FrameFolderError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise FrameFolderError(f"frame {path.name} cannot be read as an image ({e}); re-export or remove it") from e
+
+
+def decode_rgb(path: Path) -> np.ndarray:
+    """Decode a frame to an HxWx3 uint8 RGB array."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise FrameFolderError(f"frame {path.name} cannot be decoded (corrupt or truncated); re-export or remove it")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+# ImageNet statistics SAM2 normalises with.
+_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
+_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
+
+
+def to_model_input(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize to size x size and normalise as SAM2 expects; returns a 3xSxS float32 array."""
+    h, w = rgb.shape[:2]
+    interp = cv2.INTER_AREA if size < max(h, w) else cv2.INTER_CUBIC
+    resized = cv2.resize(rgb, (size, size), interpolation=interp).astype(np.float32)
+    resized -= _MEAN
+    resized /= _STD
+    return np.ascontiguousarray(resized.transpose(2, 0, 1))
+
+
+class FrameReader:
+    """Decodes frames on demand with a small read-ahead window on a background thread.
+
+    `get(i)` returns frame i prepared by `prepare` (for SAM2: a normalised tensor). Reads
+    ahead in the direction of the last two accesses, so backward propagation is prefetched
+    too. Memory held is at most `prefetch` frames ahead plus `keep` recent ones.
+    """
+
+    def __init__(self, folder: FrameFolder, prepare: Callable[[np.ndarray], object],
+                 prefetch: int = 6, keep: int = 2):
+        self.folder = folder
+        self._prepare = prepare
+        self._prefetch = prefetch
+        self._keep = max(1, keep)
+        self._pending: dict[int, Future] = {}
+        self._recent: OrderedDict[int, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frame-prefetch") if prefetch else None
+        self._last: int | None = None
+        self.wait_seconds = 0.0  # time callers spent blocked on decoding
+
+    def _load(self, index: int) -> object:
+        return self._prepare(decode_rgb(self.folder.path(index)))
+
+    def get(self, index: int, lo: int = 0, hi: int | None = None) -> object:
+        """Frame `index`; read-ahead stays inside [lo, hi)."""
+        hi = len(self.folder) if hi is None else hi
+        with self._lock:
+            if index in self._recent:
+                self._recent.move_to_end(index)
+                value = self._recent[index]
+                self._schedule(index, lo, hi)
+                return value
+            future = self._pending.pop(index, None)
+        start = time.perf_counter()
+        value = future.result() if future is not None else self._load(index)
+        self.wait_seconds += time.perf_counter() - start
+        with self._lock:
+            self._recent[index] = value
+            while len(self._recent) > self._keep:
+                self._recent.popitem(last=False)
+            self._schedule(index, lo, hi)
+        return value
+
+    def _schedule(self, index: int, lo: int, hi: int) -> None:
+        step = -1 if self._last is not None and index < self._last else 1
+        self._last = index
+        if self._pool is None:
+            return
+        wanted = {index + step * k for k in range(1, self._prefetch + 1)}
+        wanted = {i for i in wanted if lo <= i < hi and i not in self._recent}
+        for i in list(self._pending):
+            if i not in wanted:
+                self._pending.pop(i).cancel()
+        for i in sorted(wanted, key=lambda i: abs(i - index)):
+            if i not in self._pending:
+                self._pending[i] = self._pool.submit(self._load, i)
+
+    def close(self) -> None:
+        with self._lock:
+            for f in self._pending.values():
+                f.cancel()
+            self._pending.clear()
+            self._recent.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class FrameWindow(Sequence):
+    """A list-like view of chosen frames for one SAM2 inference state (local index -> frame)."""
+
+    def __init__(self, reader: FrameReader, frames: Sequence[int], lo: int, hi: int):
+        self._reader = reader
+        self._frames = list(frames)
+        self._lo, self._hi = lo, hi
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __getitem__(self, local: int):  # type: ignore[override]
+        return self._reader.get(self._frames[local], self._lo, self._hi)

@@ -1,0 +1,229 @@
+"""SAM2 adapter: builds the real sam2 video predictor and feeds it frames from our own reader.
+
+sam2's `init_state` loads a whole video into memory. We create the same inference state with
+`images` pointing at a lazy window of frames, so a chunk costs memory for its SAM2 outputs only.
+Everything else (prompts, memory, propagation) is sam2's own code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from core.config import Config
+from core.errors import ModelError
+from core.models.weights import Sam2Weights
+
+log = logging.getLogger(__name__)
+
+
+def read_state_dict(path: Path) -> dict:
+    import torch
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file
+        raise ModelError(f"cannot load checkpoint {path}: {e}") from e
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} does not hold a state dict (got {type(data).__name__})")
+    return data
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f'models.device = "{name}" but this machine has no usable CUDA GPU; use "auto" or "cpu"')
+    return dev
+
+
+def has_sam2_extension() -> bool:
+    """sam2's optional CUDA extension (used to fill small holes in masks)."""
+    return importlib.util.find_spec("sam2._C") is not None
+
+
+def _quiet_sam2() -> None:
+    """sam2 wraps propagation in a tqdm bar; pipelines report progress themselves."""
+    import sam2.sam2_video_predictor as svp
+    from tqdm import tqdm
+
+    if not getattr(svp.tqdm, "_reelmask_quiet", False):
+        quiet = functools.partial(tqdm, disable=True)
+        quiet._reelmask_quiet = True  # type: ignore[attr-defined]
+        svp.tqdm = quiet
+
+
+def _memory_to_query_dtype(module, args, kwargs):
+    """sam2 stores memories in bfloat16; without autocast (CPU, float32) an object whose only
+    memory is bfloat16 reaches a float32 layer and fails. Cast the memory to the query's dtype."""
+    curr = kwargs.get("curr")
+    curr = curr[0] if isinstance(curr, list) else curr
+    if curr is None:
+        return None
+    for key in ("memory", "memory_pos"):
+        value = kwargs.get(key)
+        if value is not None and value.dtype != curr.dtype:
+            kwargs[key] = value.to(curr.dtype)
+    return args, kwargs
+
+
+class Sam2Tracker:
+    """A loaded SAM2 video predictor plus the device/precision policy to run it with."""
+
+    def __init__(self, cfg: Config, weights: Sam2Weights):
+        import torch
+
+        self.weights = weights
+        self.device = pick_device(cfg.models.device)
+        self.image_size = cfg.models.image_size
+        use_bf16 = cfg.models.dtype == "bfloat16" or (cfg.models.dtype == "auto" and self.device.type == "cuda")
+        self.dtype = "bfloat16" if use_bf16 and self.device.type == "cuda" else "float32"
+        self.sam2_fills_holes = has_sam2_extension() and cfg.output.fill_hole_area > 0
+        self.seconds = 0.0  # time spent inside sam2 calls
+        started = time.perf_counter()
+        self.predictor = self._build(cfg, torch)
+        self.build_seconds = time.perf_counter() - started
+
+    def _build(self, cfg: Config, torch):
+        from sam2.build_sam import build_sam2_video_predictor
+
+        _quiet_sam2()
+        size = self.image_size
+        feat = size // 16
+        overrides = [
+            f"++model.image_size={size}",
+            f"++model.memory_attention.layer.self_attention.feat_sizes=[{feat},{feat}]",
+            f"++model.memory_attention.layer.cross_attention.feat_sizes=[{feat},{feat}]",
+            # sam2 fills holes only with its CUDA extension; without it we fill them when writing.
+            f"++model.fill_hole_area={cfg.output.fill_hole_area if self.sam2_fills_holes else 0}",
+        ]
+        if self.weights.is_random:
+            torch.manual_seed(cfg.models.seed)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        try:
+            model = build_sam2_video_predictor(
+                self.weights.variant.config, None, device="cpu", hydra_overrides_extra=overrides
+            )
+        except Exception as e:
+            raise ModelError(f"sam2 could not build {self.weights.variant.name}: {e}") from e
+        if self.weights.checkpoint is not None:
+            sd = read_state_dict(self.weights.checkpoint)
+            missing, unexpected = model.load_state_dict(sd, strict=False)
+            if missing or unexpected:
+                raise ModelError(
+                    f"{self.weights.checkpoint.name} does not fit {self.weights.variant.name}: "
+                    f"{len(missing)} missing and {len(unexpected)} unexpected weights "
+                    f"(first: {(missing or unexpected)[0]}); set models.sam2_arch to the right variant"
+                )
+        if self.dtype == "float32":
+            model.memory_attention.register_forward_pre_hook(_memory_to_query_dtype, with_kwargs=True)
+        return model.to(self.device).eval()
+
+    @contextlib.contextmanager
+    def _running(self):
+        import torch
+
+        start = time.perf_counter()
+        amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.dtype == "bfloat16"
+               else contextlib.nullcontext())
+        try:
+            with torch.inference_mode(), amp:
+                yield
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    # -------------------------------------------------------- state and prompts
+
+    def new_state(self, frames: Sequence, height: int, width: int) -> dict:
+        """An inference state like sam2's `init_state`, reading frames lazily from `frames`."""
+        device = self.device
+        return {
+            "images": frames,
+            "num_frames": len(frames),
+            "offload_video_to_cpu": False,
+            "offload_state_to_cpu": False,
+            "video_height": height,
+            "video_width": width,
+            "device": device,
+            "storage_device": device,
+            "point_inputs_per_obj": {},
+            "mask_inputs_per_obj": {},
+            "cached_features": {},
+            "constants": {},
+            "obj_id_to_idx": OrderedDict(),
+            "obj_idx_to_id": OrderedDict(),
+            "obj_ids": [],
+            "output_dict_per_obj": {},
+            "temp_output_dict_per_obj": {},
+            "frames_tracked_per_obj": {},
+        }
+
+    def add_points(self, state: dict, frame: int, obj_id: int, points=None, labels=None, box=None) -> None:
+        with self._running():
+            self.predictor.add_new_points_or_box(
+                state, frame_idx=frame, obj_id=obj_id,
+                points=np.asarray(points, dtype=np.float32) if points is not None else None,
+                labels=np.asarray(labels, dtype=np.int32) if labels is not None else None,
+                box=np.asarray(box, dtype=np.float32) if box is not None else None,
+            )
+
+    def add_mask(self, state: dict, frame: int, obj_id: int, mask: np.ndarray) -> None:
+        import torch
+
+        with self._running():
+            self.predictor.add_new_mask(state, frame_idx=frame, obj_id=obj_id, mask=torch.from_numpy(mask))
+
+    def propagate(self, state: dict, start: int, count: int, reverse: bool) -> Iterator[tuple[int, list[int], "FrameLogits"]]:
+        """Yield (local frame, object ids, logits) per frame, `count` frames after `start`."""
+        gen = self.predictor.propagate_in_video(
+            state, start_frame_idx=start, max_frame_num_to_track=count, reverse=reverse
+        )
+        while True:
+            with self._running():
+                try:
+                    frame, obj_ids, logits = next(gen)
+                except StopIteration:
+                    return
+            yield frame, list(obj_ids), FrameLogits(list(obj_ids), logits[:, 0])
+
+
+class FrameLogits:
+    """SAM2's per-object mask logits of one frame at video resolution, on the model's device."""
+
+    def __init__(self, obj_ids: list[int], logits):
+        self.obj_ids = obj_ids
+        self.logits = logits
+
+    def id_map(self, allowed: set[int] | None = None) -> np.ndarray:
+        """HxW uint8 object ids; overlaps go to the highest logit; only `allowed` ids take part."""
+        import torch
+
+        logits = self.logits.float()
+        if allowed is not None:
+            keep = torch.tensor([o in allowed for o in self.obj_ids], device=logits.device)
+            if not bool(keep.any()):
+                return np.zeros(logits.shape[-2:], dtype=np.uint8)
+            logits = torch.where(keep[:, None, None], logits, torch.full_like(logits, -1e4))
+        best, arg = logits.max(dim=0)
+        ids = torch.tensor(self.obj_ids, dtype=torch.uint8, device=logits.device)
+        out = torch.where(best > 0, ids[arg], torch.zeros_like(arg, dtype=torch.uint8))
+        return out.cpu().numpy()
+
+    def mask(self, obj_id: int) -> np.ndarray:
+        """Bool HxW mask (logit > 0) of one object."""
+        return (self.logits[self.obj_ids.index(obj_id)] > 0).cpu().numpy()

@@ -1,0 +1,63 @@
+"""The output folder appears complete or not at all: jobs write into a hidden staging folder
+beside it and rename it into place at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from core.errors import OutputError
+
+MANIFEST = "manifest.json"
+
+
+def staging_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def check_target(out: Path, overwrite: bool) -> None:
+    """Fail before any work when the output folder exists and may not be replaced."""
+    if out.exists() and not overwrite:
+        raise OutputError(
+            f"output folder {out} already exists; remove it, choose another --out, "
+            "or pass --set output.overwrite=true to replace it"
+        )
+
+
+def open_staging(out: Path, keep: bool = False) -> Path:
+    """Create (or, with keep, reuse) the staging folder for `out`."""
+    stage = staging_path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if stage.exists() and not keep:
+            shutil.rmtree(stage)
+        stage.mkdir(exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the output folder next to {out}: {e.strerror or e}") from e
+    return stage
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def publish(stage: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished staging folder to `out` (replacing an old one only when allowed)."""
+    old = None
+    if out.exists():
+        if not overwrite:
+            raise OutputError(f"output folder {out} appeared while the job ran; the result is kept in {stage}")
+        old = out.parent / f".{out.name}.old-{int(time.time())}"
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,159 @@
+"""A background writer: masks, prompt log lines and preview frames leave the SAM2 loop at once.
+
+The queue is bounded, so a slow disk slows the job down instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from core.engine.events import PromptUsed
+from core.frames import FrameFolder, decode_rgb
+from core.outputs.masks import fill_small_holes, overlay, read_mask, write_palette_png
+
+PROMPTS_USED = "prompts_used.jsonl"
+PREVIEW = "preview.mp4"
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class PreviewSettings:
+    fps: float
+    max_side: int
+    opacity: float
+
+
+def prompt_record(p: PromptUsed, folder: FrameFolder) -> dict:
+    """One prompts_used.jsonl line, keys as DESIGN.md lists them (plus the chunk)."""
+    def num(v: float) -> float | int:
+        return int(v) if float(v).is_integer() else round(float(v), 2)
+
+    return {
+        "frame": p.frame,
+        "frame_name": folder.names[p.frame],
+        "object_id": p.object_id,
+        "source": p.source,
+        "box": [num(v) for v in p.box] if p.box is not None else None,
+        "points": [[num(x), num(y)] for x, y in p.points] if p.points is not None else None,
+        "labels": list(p.labels) if p.labels is not None else None,
+        "confidence": round(p.confidence, 4) if p.confidence is not None else None,
+        "chunk": p.chunk,
+    }
+
+
+class OutputWriter:
+    """Owns every file of a job's staging folder while the job runs."""
+
+    def __init__(self, root: Path, folder: FrameFolder, *, fill_hole_area: int = 0,
+                 preview: PreviewSettings | None = None, queue_size: int = 16,
+                 append_prompts: bool = False):
+        self.root = root
+        self.folder = folder
+        self.masks_dir = root / "masks"
+        self.masks_dir.mkdir(parents=True, exist_ok=True)
+        self._fill = fill_hole_area
+        self._preview = preview
+        self._video: cv2.VideoWriter | None = None
+        self._next_preview = 0
+        self._written: set[int] = set()
+        self._prompts = open(root / PROMPTS_USED, "a" if append_prompts else "w", encoding="utf-8")
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._error: BaseException | None = None
+        self.object_frames: dict[int, int] = {}   # object id -> frames where it has pixels
+        self.frames_written = 0
+        self._thread = threading.Thread(target=self._loop, name="output-writer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------ called from the job
+
+    def mask(self, frame: int, id_map: np.ndarray) -> None:
+        self._put(("mask", frame, id_map))
+
+    def prompt(self, p: PromptUsed) -> None:
+        self._put(("prompt", p))
+
+    def flush(self) -> None:
+        """Block until everything queued so far is on disk."""
+        self._queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+        self._prompts.close()
+        if self._video is not None:
+            self._video.release()
+            self._video = None
+        self._raise()
+
+    def _put(self, item) -> None:
+        self._raise()
+        self._queue.put(item)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    # ------------------------------------------------------------ writer thread
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is _STOP:
+                    return
+                if self._error is None:
+                    self._handle(item)
+            except BaseException as e:  # surfaced to the job on its next call
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+    def _handle(self, item) -> None:
+        kind = item[0]
+        if kind == "prompt":
+            self._prompts.write(json.dumps(prompt_record(item[1], self.folder)) + "\n")
+            self._prompts.flush()
+            return
+        _, frame, id_map = item
+        id_map = fill_small_holes(id_map, self._fill)
+        write_palette_png(self.masks_dir / f"{self.folder.stem(frame)}.png", id_map)
+        counts = np.bincount(id_map.ravel(), minlength=1)
+        for obj in np.nonzero(counts[1:])[0] + 1:
+            self.object_frames[int(obj)] = self.object_frames.get(int(obj), 0) + 1
+        self.frames_written += 1
+        if self._preview is not None:
+            self._written.add(frame)
+            self._advance_preview(frame, id_map)
+
+    def _advance_preview(self, frame: int, id_map: np.ndarray) -> None:
+        """Frames may finish out of order (backward sweep); the video takes them in order."""
+        while self._next_preview in self._written:
+            i = self._next_preview
+            ids = id_map if i == frame else read_mask(self.masks_dir / f"{self.folder.stem(i)}.png")
+            self._preview_frame(i, ids)
+            self._written.discard(i)
+            self._next_preview += 1
+
+    def _preview_frame(self, index: int, id_map: np.ndarray) -> None:
+        p = self._preview
+        assert p is not None
+        rgb = decode_rgb(self.folder.path(index))
+        h, w = rgb.shape[:2]
+        scale = min(1.0, p.max_side / max(h, w))
+        size = (max(2, int(w * scale) // 2 * 2), max(2, int(h * scale) // 2 * 2))
+        if (w, h) != size:
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+            id_map = cv2.resize(id_map, size, interpolation=cv2.INTER_NEAREST)
+        if self._video is None:
+            self._video = cv2.VideoWriter(str(self.root / PREVIEW), cv2.VideoWriter_fourcc(*"mp4v"), p.fps, size)
+        self._video.write(cv2.cvtColor(overlay(rgb, id_map, p.opacity), cv2.COLOR_RGB2BGR))

@@ -1,0 +1,268 @@
+"""One job from a frame folder to a finished output folder.
+
+`prepare_job` checks everything about the input (frames, prompts, job.toml, mode) without
+loading a model, so bad input fails in milliseconds. `run_job` then yields events while it
+works; the CLI draws a progress bar from them, the daemon records them in SQLite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+from core import __version__
+from core.config import Config, read_toml, with_overrides
+from core.engine.chunks import Chunk, plan_chunks
+from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
+from core.errors import ConfigError
+from core.frames import FrameFolder, FrameReader
+from core.modes import Mode, ModeChoice, choose_mode, require_available
+from core.outputs.folder import MANIFEST, check_target, open_staging, publish, write_json
+from core.outputs.writer import OutputWriter, PreviewSettings
+from core.prompts import Prompts, load_prompts
+
+log = logging.getLogger(__name__)
+
+JOB_TOML = "job.toml"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A validated job: everything known before any model is loaded."""
+
+    job_id: str
+    input: Path
+    folder: FrameFolder
+    prompts: Prompts
+    choice: ModeChoice
+    config: Config
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    job_id: str
+    mode: Mode
+    frames_total: int
+    chunks: int
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    output: Path
+    manifest: dict = field(repr=False)
+
+
+def read_job_toml(folder: Path) -> tuple[str | None, dict]:
+    """job.toml holds config overrides plus an optional top-level `mode`."""
+    path = folder / JOB_TOML
+    if not path.is_file():
+        return None, {}
+    data = read_toml(path)
+    mode = data.pop("mode", None)
+    if mode is not None and not isinstance(mode, str):
+        raise ConfigError(f'{path}: mode must be a string such as "track", got {mode!r}')
+    return mode, data
+
+
+def prepare_job(input_dir: Path, config: Config, *, mode: str | None = None, inbox_mode: str | None = None,
+                job_id: str | None = None, inbox_root: Path | None = None) -> PreparedJob:
+    """Validate the folder, its sidecars and the mode; raises a ReelmaskError on bad input."""
+    input_dir = Path(input_dir)
+    folder = FrameFolder.scan(input_dir, allow_outside=inbox_root)
+    job_mode, overrides = read_job_toml(input_dir)
+    if overrides:
+        config = with_overrides(config, overrides, str(input_dir / JOB_TOML))
+    prompts = load_prompts(folder)
+    choice = choose_mode(input_dir, prompts, explicit=mode, job_mode=job_mode, inbox_mode=inbox_mode)
+    require_available(choice.mode)
+    if choice.mode is Mode.TRACK and not prompts.objects:
+        raise ConfigError(
+            f"track mode needs objects to follow, but {input_dir / 'prompts.json'} lists none; add "
+            '{"objects": [{"id": 1, "frame": 0, "points": [[x, y]], "labels": [1]}]}'
+        )
+    return PreparedJob(job_id or uuid.uuid4().hex[:12], input_dir, folder, prompts, choice, config)
+
+
+class ModelPool:
+    """Keeps built models between jobs (the daemon runs many jobs with one set of models)."""
+
+    def __init__(self):
+        self._sam2: dict[tuple, object] = {}
+
+    def sam2(self, cfg: Config):
+        from core.models.sam2_model import Sam2Tracker
+        from core.models.weights import resolve_sam2
+
+        weights = resolve_sam2(cfg)
+        m = cfg.models
+        key = (weights.variant.name, str(weights.checkpoint), weights.sha256, m.image_size, m.device,
+               m.dtype, m.seed, cfg.output.fill_hole_area)
+        if key not in self._sam2:
+            self._sam2.clear()  # one SAM2 at a time: device memory is the scarce thing
+            self._sam2[key] = Sam2Tracker(cfg, weights)
+        tracker = self._sam2[key]
+        tracker.seconds = 0.0
+        return tracker
+
+
+def run_job(job: PreparedJob, out: Path, *, models: ModelPool | None = None,
+            should_stop: Callable[[], bool] = lambda: False) -> Iterator[object]:
+    """Run a prepared job and publish its output folder; yields engine events along the way."""
+    cfg = job.config
+    started_at, t0 = utc_now(), time.perf_counter()
+    check_target(out, cfg.output.overwrite)
+    stage = open_staging(out)
+    models = models or ModelPool()
+    t_model = time.perf_counter()
+    tracker = models.sam2(cfg)
+    model_seconds = time.perf_counter() - t_model
+    warnings: list[str] = []
+    if tracker.weights.is_random:
+        msg = ("SAM2 runs with RANDOM weights (models.sam2_weights = \"random\"): the masks are meaningless; "
+               "use this for tests and speed measurements only")
+        log.warning(msg)
+        warnings.append(msg)
+
+    folder = job.folder
+    chunks = plan_chunks(len(folder), cfg.chunking.chunk_size, cfg.chunking.overlap)
+    from core.engine.track import TrackEngine
+
+    size = tracker.image_size
+    device = tracker.device
+
+    def prepare(rgb):
+        import torch
+
+        from core.frames import to_model_input
+        return torch.from_numpy(to_model_input(rgb, size)).to(device, non_blocking=True)
+
+    reader = FrameReader(folder, prepare, prefetch=cfg.chunking.prefetch)
+    preview = (PreviewSettings(cfg.output.preview_fps, cfg.output.preview_max_side, cfg.output.preview_opacity)
+               if cfg.output.preview else None)
+    writer_fill = 0 if tracker.sam2_fills_holes else _hole_area_at_video_res(cfg, folder)
+    writer = OutputWriter(stage, folder, fill_hole_area=writer_fill, preview=preview)
+    engine = TrackEngine(tracker, folder, reader, job.prompts, chunks, stage / ".backward",
+                         anchor_prompts=cfg.chunking.anchor_prompts, should_stop=should_stop)
+    chunk_log: dict[int, dict] = {}
+    prompt_counts: dict[int, int] = {}
+    yield JobStarted(job.job_id, job.choice.mode, len(folder), len(chunks))
+    try:
+        for event in engine.run():
+            if isinstance(event, FrameResult):
+                writer.mask(event.frame, event.id_map)
+            elif isinstance(event, PromptUsed):
+                writer.prompt(event)
+                if event.source in ("user", "mask"):
+                    prompt_counts[event.object_id] = prompt_counts.get(event.object_id, 0) + 1
+            elif isinstance(event, ChunkStarted):
+                chunk_log.setdefault(event.chunk, {"index": event.chunk, "start": event.start,
+                                                   "end": event.end - 1, "sweeps": [], "seconds": 0.0})
+            elif isinstance(event, ChunkFinished):
+                entry = chunk_log[event.chunk]
+                entry["sweeps"].append(event.sweep)
+                entry["seconds"] = round(entry["seconds"] + event.seconds, 3)
+                entry["frames_written"] = entry.get("frames_written", 0) + event.frames_emitted
+            elif isinstance(event, EngineWarning):
+                warnings.append(event.message)
+            yield event
+        writer.close()
+    except BaseException:
+        reader.close()
+        try:
+            writer.close()
+        except Exception:  # the original error matters more than a writer error
+            log.debug("writer failed while stopping", exc_info=True)
+        raise
+    reader.close()
+    if writer.frames_written != len(folder):
+        raise RuntimeError(f"internal error: wrote {writer.frames_written} of {len(folder)} masks")
+
+    total = time.perf_counter() - t0
+    manifest = _manifest(job, out, chunks, chunk_log, tracker, warnings, writer, prompt_counts,
+                         started_at=started_at, total=total, model_seconds=model_seconds,
+                         frame_wait=reader.wait_seconds)
+    write_json(stage / MANIFEST, manifest)
+    publish(stage, out, cfg.output.overwrite)
+    yield JobFinished(out, manifest)
+
+
+def _hole_area_at_video_res(cfg: Config, folder: FrameFolder) -> int:
+    """output.fill_hole_area is in SAM2 mask pixels (image_size / 4 square); scale it to the frame."""
+    if cfg.output.fill_hole_area <= 0:
+        return 0
+    low = cfg.models.image_size / 4
+    return int(round(cfg.output.fill_hole_area * (folder.width / low) * (folder.height / low)))
+
+
+def _versions() -> dict[str, str]:
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"reelmask": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("torch", "sam2", "numpy", "opencv-python", "ultralytics"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _manifest(job: PreparedJob, out: Path, chunks: list[Chunk], chunk_log: dict, tracker, warnings: list[str],
+              writer: OutputWriter, prompt_counts: dict[int, int], *, started_at: str, total: float,
+              model_seconds: float, frame_wait: float) -> dict:
+    folder, prompts = job.folder, job.prompts
+    objects = [
+        {"id": o, "first_prompt_frame": prompts.first_frame(o), "user_prompts": len(prompts.for_object(o)),
+         "prompts_given": prompt_counts.get(o, 0), "frames_with_mask": writer.object_frames.get(o, 0)}
+        for o in prompts.object_ids
+    ]
+    w = tracker.weights
+    return {
+        "reelmask": __version__,
+        "job_id": job.job_id,
+        "name": job.input.name,
+        "mode": job.choice.mode.value,
+        "mode_reason": job.choice.reason,
+        "input": str(job.input.resolve()),
+        "output": str(out.resolve()),
+        "frames": len(folder),
+        "frame_size": [folder.width, folder.height],
+        "first_frame": folder.names[0],
+        "last_frame": folder.names[-1],
+        "objects": objects,
+        "chunks": [chunk_log.get(c.index, {"index": c.index, "start": c.start, "end": c.end - 1, "sweeps": []})
+                   for c in chunks],
+        "models": {"sam2": {"name": w.variant.name, "config": w.variant.config,
+                            "checkpoint": str(w.checkpoint) if w.checkpoint else None,
+                            "image_size": tracker.image_size, "device": str(tracker.device),
+                            "dtype": tracker.dtype}},
+        "weights": {"sam2": w.sha256},
+        "config": job.config.to_dict(),
+        "timings": {
+            "total_seconds": round(total, 3),
+            "model_load_seconds": round(model_seconds, 3),
+            "sam2_seconds": round(tracker.seconds, 3),
+            "frame_wait_seconds": round(frame_wait, 3),
+            "frames_per_second": round(len(folder) / total, 3) if total > 0 else None,
+        },
+        "versions": _versions(),
+        "warnings": warnings,
+        "resumed_from_frame": None,
+        "started_at": started_at,
+        "finished_at": utc_now(),
+    }
+
+
+def with_config(job: PreparedJob, cfg: Config) -> PreparedJob:
+    return dataclasses.replace(job, config=cfg)

@@ -1,0 +1,253 @@
+"""prompts.json: typed parsing and validation against the frames it refers to.
+
+Coordinates are pixels of the original frames. Every error names the file, the object and the
+offending value, and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import PromptError
+from core.frames import FrameFolder
+
+PROMPTS_FILE = "prompts.json"
+MAX_OBJECT_ID = 255  # masks are 8-bit palette PNGs: 0 is background, 1..255 are objects
+
+_TOP_KEYS = ("objects", "detect", "mode")
+_OBJECT_KEYS = ("id", "frame", "points", "labels", "box", "mask")
+_DETECT_KEYS = ("classes", "min_confidence", "self_train")
+
+
+@dataclass(frozen=True)
+class ObjectPrompt:
+    """One prompt for one object on one frame: points (+labels), a box, a mask, or points + box."""
+
+    object_id: int
+    frame: int
+    points: tuple[tuple[float, float], ...] | None = None
+    labels: tuple[int, ...] | None = None
+    box: tuple[float, float, float, float] | None = None
+    mask_path: Path | None = None
+
+    @property
+    def source(self) -> str:
+        return "mask" if self.mask_path is not None else "user"
+
+    def load_mask(self, width: int, height: int) -> np.ndarray:
+        """The prompt mask as a bool HxW array (nonzero pixels are the object)."""
+        from PIL import Image
+
+        assert self.mask_path is not None
+        try:
+            with Image.open(self.mask_path) as im:
+                arr = np.asarray(im)
+        except OSError as e:
+            raise PromptError(f"mask {self.mask_path} for object {self.object_id} cannot be read: {e}") from e
+        if arr.ndim == 3:
+            arr = arr.max(axis=2)
+        if arr.shape != (height, width):
+            raise PromptError(
+                f"mask {self.mask_path.name} for object {self.object_id} is {arr.shape[1]}x{arr.shape[0]} "
+                f"but the frames are {width}x{height}; give a mask of the frame size"
+            )
+        mask = arr > 0
+        if not mask.any():
+            raise PromptError(f"mask {self.mask_path.name} for object {self.object_id} is empty (all zero)")
+        return mask
+
+
+@dataclass(frozen=True)
+class DetectRequest:
+    classes: tuple[str, ...] | None = None
+    min_confidence: float | None = None
+    self_train: bool | None = None
+
+
+@dataclass(frozen=True)
+class Prompts:
+    objects: tuple[ObjectPrompt, ...] = ()
+    detect: DetectRequest | None = None
+    mode: str | None = None
+    source: Path | None = None
+
+    @property
+    def object_ids(self) -> list[int]:
+        return sorted({p.object_id for p in self.objects})
+
+    def first_frame(self, object_id: int) -> int:
+        return min(p.frame for p in self.objects if p.object_id == object_id)
+
+    def for_object(self, object_id: int) -> list[ObjectPrompt]:
+        return sorted((p for p in self.objects if p.object_id == object_id), key=lambda p: p.frame)
+
+
+def _hint(key: str, choices: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(choices)})"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def load_prompts(folder: FrameFolder, path: Path | None = None) -> Prompts:
+    """Read `<folder>/prompts.json` when present; an absent file means no prompts."""
+    path = path or folder.root / PROMPTS_FILE
+    if not path.is_file():
+        return Prompts()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise PromptError(
+            f"{path.name} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}; "
+            "fix the syntax (a JSON checker shows where)"
+        ) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise PromptError(f"{path.name} cannot be read: {e}") from e
+    return parse_prompts(data, folder, path)
+
+
+def parse_prompts(data: Any, folder: FrameFolder, path: Path) -> Prompts:
+    name = path.name
+    if not isinstance(data, dict):
+        raise PromptError(f'{name} must hold a JSON object like {{"objects": [...]}}, got {type(data).__name__}')
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise PromptError(f"{name}: unknown key '{key}'{_hint(key, _TOP_KEYS)}")
+    objects = data.get("objects", [])
+    if not isinstance(objects, list):
+        raise PromptError(f"{name}: 'objects' must be a list of objects, got {objects!r}")
+    parsed = [_parse_object(i, obj, folder, path) for i, obj in enumerate(objects)]
+    seen: dict[tuple[int, int], int] = {}
+    for i, p in enumerate(parsed):
+        key = (p.object_id, p.frame)
+        if key in seen:
+            raise PromptError(
+                f"{name}: object {p.object_id} has two entries for frame {p.frame} (entries {seen[key]} and {i}); "
+                "merge their points/box into one entry"
+            )
+        seen[key] = i
+    mode = data.get("mode")
+    if mode is not None and not isinstance(mode, str):
+        raise PromptError(f"{name}: 'mode' must be a string such as \"track\", got {mode!r}")
+    detect = _parse_detect(data["detect"], name) if "detect" in data else None
+    return Prompts(objects=tuple(parsed), detect=detect, mode=mode, source=path)
+
+
+def _parse_detect(d: Any, name: str) -> DetectRequest:
+    if not isinstance(d, dict):
+        raise PromptError(f"{name}: 'detect' must be an object like {{\"classes\": [\"dog\"]}}, got {d!r}")
+    for key in d:
+        if key not in _DETECT_KEYS:
+            raise PromptError(f"{name}: unknown key 'detect.{key}'{_hint(key, _DETECT_KEYS)}")
+    classes = d.get("classes")
+    if classes is not None:
+        if isinstance(classes, (str, int)) and not isinstance(classes, bool):
+            classes = [classes]
+        if not isinstance(classes, list) or not all(
+            isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes
+        ):
+            raise PromptError(f"{name}: detect.classes must be a list of COCO names or ids, got {classes!r}")
+        classes = tuple(str(c) for c in classes)
+    conf = d.get("min_confidence")
+    if conf is not None and (not _is_number(conf) or not 0 <= conf <= 1):
+        raise PromptError(f"{name}: detect.min_confidence must be a number between 0 and 1, got {conf!r}")
+    self_train = d.get("self_train")
+    if self_train is not None and not isinstance(self_train, bool):
+        raise PromptError(f"{name}: detect.self_train must be true or false, got {self_train!r}")
+    return DetectRequest(classes=classes, min_confidence=conf, self_train=self_train)
+
+
+def _parse_object(i: int, obj: Any, folder: FrameFolder, path: Path) -> ObjectPrompt:
+    name = path.name
+    if not isinstance(obj, dict):
+        raise PromptError(f"{name}: objects[{i}] must be an object with an id, got {obj!r}")
+    for key in obj:
+        if key not in _OBJECT_KEYS:
+            raise PromptError(f"{name}: objects[{i}] has unknown key '{key}'{_hint(key, _OBJECT_KEYS)}")
+    oid = obj.get("id")
+    if not isinstance(oid, int) or isinstance(oid, bool) or not 1 <= oid <= MAX_OBJECT_ID:
+        raise PromptError(
+            f"{name}: objects[{i}] needs an integer 'id' from 1 to {MAX_OBJECT_ID} (0 is background), got {oid!r}"
+        )
+    who = f"{name}: object {oid} (objects[{i}])"
+    frame = _parse_frame(obj.get("frame", 0), folder, who)
+    w, h = folder.width, folder.height
+
+    points = labels = box = mask_path = None
+    if "points" in obj:
+        pts = obj["points"]
+        if not isinstance(pts, list) or not pts or not all(
+            isinstance(p, list) and len(p) == 2 and all(_is_number(v) for v in p) for p in pts
+        ):
+            raise PromptError(f"{who}: 'points' must be a non-empty list of [x, y] pairs, got {pts!r}")
+        for x, y in pts:
+            if not (0 <= x < w and 0 <= y < h):
+                raise PromptError(
+                    f"{who}: point [{x}, {y}] on frame {frame} is outside the {w}x{h} frame; "
+                    f"x must be in 0..{w - 1} and y in 0..{h - 1} (pixel coordinates of the original frame)"
+                )
+        points = tuple((float(x), float(y)) for x, y in pts)
+        lbl = obj.get("labels", [1] * len(pts))
+        if not isinstance(lbl, list) or not all(v in (0, 1) and not isinstance(v, bool) for v in lbl):
+            raise PromptError(f"{who}: 'labels' must be a list of 0 (background) or 1 (object), got {lbl!r}")
+        if len(lbl) != len(pts):
+            raise PromptError(
+                f"{who}: {len(pts)} points but {len(lbl)} labels; give one label (1 object, 0 background) per point"
+            )
+        if not any(lbl) and "box" not in obj:
+            raise PromptError(f"{who}: every label is 0 (background); add at least one point labelled 1 or a box")
+        labels = tuple(int(v) for v in lbl)
+    elif "labels" in obj:
+        raise PromptError(f"{who}: 'labels' without 'points'; add the points they label or remove them")
+
+    if "box" in obj:
+        b = obj["box"]
+        if not isinstance(b, list) or len(b) != 4 or not all(_is_number(v) for v in b):
+            raise PromptError(f"{who}: 'box' must be [x1, y1, x2, y2] in pixels, got {b!r}")
+        x1, y1, x2, y2 = b
+        if not (x1 < x2 and y1 < y2):
+            raise PromptError(f"{who}: box {b} must have x1 < x2 and y1 < y2 (top-left, then bottom-right corner)")
+        if x1 < 0 or y1 < 0 or x2 > w or y2 > h:
+            raise PromptError(f"{who}: box {b} on frame {frame} reaches outside the {w}x{h} frame; clip it to 0..{w}, 0..{h}")
+        box = (float(x1), float(y1), float(x2), float(y2))
+
+    if "mask" in obj:
+        m = obj["mask"]
+        if not isinstance(m, str) or not m:
+            raise PromptError(f"{who}: 'mask' must be the path of a PNG inside the folder, got {m!r}")
+        if points is not None or box is not None:
+            raise PromptError(f"{who}: give either a mask or points/box on one frame, not both")
+        mask_path = (folder.root / m).resolve()
+        if not mask_path.is_relative_to(folder.root.resolve()):
+            raise PromptError(f"{who}: mask path {m!r} leaves the input folder; keep masks inside it")
+        if not mask_path.is_file():
+            raise PromptError(f"{who}: mask file {m} does not exist in {folder.root}")
+
+    if points is None and box is None and mask_path is None:
+        raise PromptError(f"{who}: give 'points' (with 'labels'), a 'box' or a 'mask' to say where the object is")
+    return ObjectPrompt(oid, frame, points, labels, box, mask_path)
+
+
+def _parse_frame(value: Any, folder: FrameFolder, who: str) -> int:
+    """A frame is an index (0-based) or a frame file name."""
+    n = len(folder)
+    if isinstance(value, str):
+        idx = folder.index_of(value)
+        if idx is None:
+            raise PromptError(f"{who}: frame '{value}' is not a frame of this folder ({n} frames, {folder.names[0]} .. {folder.names[-1]})")
+        return idx
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise PromptError(f"{who}: 'frame' must be a frame index (0-based) or a file name, got {value!r}")
+    if not 0 <= value < n:
+        raise PromptError(
+            f"{who}: frame {value} does not exist; this folder has {n} frames (indices 0..{n - 1})"
+        )
+    return value
