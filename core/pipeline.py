@@ -7,9 +7,9 @@ works; the CLI draws a progress bar from them, the daemon records them in SQLite
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import platform
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,7 +24,7 @@ from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, Frame
 from core.errors import ConfigError
 from core.frames import FrameFolder, FrameReader
 from core.modes import Mode, ModeChoice, choose_mode, require_available
-from core.outputs.folder import MANIFEST, check_target, open_staging, publish, write_json
+from core.outputs.folder import MANIFEST, check_target, open_staging, publish, staging_path, write_json
 from core.outputs.writer import OutputWriter, PreviewSettings
 from core.prompts import Prompts, load_prompts
 
@@ -117,8 +117,21 @@ class ModelPool:
 
 
 def run_job(job: PreparedJob, out: Path, *, models: ModelPool | None = None,
-            should_stop: Callable[[], bool] = lambda: False) -> Iterator[object]:
-    """Run a prepared job and publish its output folder; yields engine events along the way."""
+            should_stop: Callable[[], bool] = lambda: False, keep_partial: bool = False) -> Iterator[object]:
+    """Run a prepared job and publish its output folder; yields engine events along the way.
+
+    On failure or cancel the hidden staging folder is removed unless `keep_partial` is set.
+    """
+    try:
+        yield from _run_job(job, out, models, should_stop)
+    except BaseException:
+        if not keep_partial:
+            shutil.rmtree(staging_path(out), ignore_errors=True)
+        raise
+
+
+def _run_job(job: PreparedJob, out: Path, models: ModelPool | None,
+             should_stop: Callable[[], bool]) -> Iterator[object]:
     cfg = job.config
     started_at, t0 = utc_now(), time.perf_counter()
     check_target(out, cfg.output.overwrite)
@@ -263,6 +276,3 @@ def _manifest(job: PreparedJob, out: Path, chunks: list[Chunk], chunk_log: dict,
         "finished_at": utc_now(),
     }
 
-
-def with_config(job: PreparedJob, cfg: Config) -> PreparedJob:
-    return dataclasses.replace(job, config=cfg)

@@ -121,9 +121,10 @@ class TrackEngine:
                     for o in needing:
                         if o in logits.obj_ids:
                             handover[o] = logits.mask(o)
-                if frame >= emit_below:
+                allowed = {o for o in needing if frame < self.first[o]}
+                if frame >= emit_below or not allowed:
                     return None
-                id_map = logits.id_map({o for o in needing if frame < self.first[o]})
+                id_map = logits.id_map(allowed)
                 if frame >= min_f:  # forward sweep adds the objects it owns here
                     self._save_backward(frame, id_map)
                     return None

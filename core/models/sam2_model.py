@@ -107,7 +107,12 @@ class Sam2Tracker:
             f"++model.image_size={size}",
             f"++model.memory_attention.layer.self_attention.feat_sizes=[{feat},{feat}]",
             f"++model.memory_attention.layer.cross_attention.feat_sizes=[{feat},{feat}]",
-            # sam2 fills holes only with its CUDA extension; without it we fill them when writing.
+            # sam2's own inference post-processing (what apply_postprocessing=True sets), except
+            # that it fills holes only with its CUDA extension; without it we fill them when writing.
+            "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
+            "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
+            "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
+            "++model.binarize_mask_from_pts_for_mem_enc=true",
             f"++model.fill_hole_area={cfg.output.fill_hole_area if self.sam2_fills_holes else 0}",
         ]
         if self.weights.is_random:
@@ -117,18 +122,25 @@ class Sam2Tracker:
             torch.backends.cudnn.allow_tf32 = True
         try:
             model = build_sam2_video_predictor(
-                self.weights.variant.config, None, device="cpu", hydra_overrides_extra=overrides
+                self.weights.variant.config, None, device="cpu", hydra_overrides_extra=overrides,
+                apply_postprocessing=False,
             )
         except Exception as e:
             raise ModelError(f"sam2 could not build {self.weights.variant.name}: {e}") from e
         if self.weights.checkpoint is not None:
             sd = read_state_dict(self.weights.checkpoint)
-            missing, unexpected = model.load_state_dict(sd, strict=False)
+            fix = "set models.sam2_arch to the variant the checkpoint was trained as"
+            try:
+                missing, unexpected = model.load_state_dict(sd, strict=False)
+            except RuntimeError as e:  # shape mismatches
+                first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+                raise ModelError(f"{self.weights.checkpoint.name} does not fit {self.weights.variant.name}: "
+                                 f"{first.strip()}; {fix}") from e
             if missing or unexpected:
                 raise ModelError(
                     f"{self.weights.checkpoint.name} does not fit {self.weights.variant.name}: "
                     f"{len(missing)} missing and {len(unexpected)} unexpected weights "
-                    f"(first: {(missing or unexpected)[0]}); set models.sam2_arch to the right variant"
+                    f"(first: {(missing or unexpected)[0]}); {fix}"
                 )
         if self.dtype == "float32":
             model.memory_attention.register_forward_pre_hook(_memory_to_query_dtype, with_kwargs=True)

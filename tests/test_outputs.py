@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.engine.events import PromptUsed
+from core.errors import OutputError
+from core.frames import FrameFolder
+from core.outputs.folder import check_target, open_staging, publish, staging_path
+from core.outputs.masks import davis_palette, fill_small_holes, read_mask, write_palette_png
+from core.outputs.writer import OutputWriter, PreviewSettings
+from tests.conftest import make_clip
+
+
+def test_palette_png_roundtrip(tmp_path: Path):
+    ids = np.zeros((20, 30), np.uint8)
+    ids[2:8, 3:9] = 1
+    ids[10:15, 10:25] = 7
+    write_palette_png(tmp_path / "m.png", ids)
+    with Image.open(tmp_path / "m.png") as im:
+        assert im.mode == "P" and im.size == (30, 20)
+        pal = np.array(im.getpalette()[:24]).reshape(-1, 3)
+    assert np.array_equal(read_mask(tmp_path / "m.png"), ids)
+    assert tuple(pal[1]) == (128, 0, 0) and tuple(pal[2]) == (0, 128, 0)  # the DAVIS colours
+    assert tuple(davis_palette()[3]) == (128, 128, 0)
+
+
+def test_fill_small_holes_only_fills_small_background_holes():
+    ids = np.zeros((40, 40), np.uint8)
+    ids[5:35, 5:35] = 1
+    ids[10:12, 10:12] = 0      # 4-pixel hole -> filled
+    ids[20:30, 20:30] = 0      # 100-pixel hole -> kept
+    ids[15:17, 25:27] = 2      # another object's pixels are never taken
+    out = fill_small_holes(ids, 8)
+    assert out[10, 10] == 1 and out[25, 25] == 0 and out[15, 25] == 2
+    assert fill_small_holes(ids, 0) is ids
+
+
+def test_writer_masks_prompts_and_ordered_preview(tmp_path: Path):
+    folder = FrameFolder.scan(make_clip(tmp_path / "clip", n=6, size=(64, 48), name="f_{i}.png"))
+    out = tmp_path / "out"
+    out.mkdir()
+    writer = OutputWriter(out, folder, preview=PreviewSettings(10.0, 32, 0.5))
+    for frame in [2, 1, 0, 3, 4, 5]:   # a backward sweep finishes frames out of order
+        ids = np.zeros((48, 64), np.uint8)
+        ids[:10, :10] = 1 + frame % 2
+        writer.mask(frame, ids)
+    writer.prompt(PromptUsed(0, 1, "user", 0, points=((3.0, 4.5),), labels=(1,)))
+    writer.close()
+    assert sorted(p.name for p in (out / "masks").iterdir()) == [f"f_{i}.png" for i in range(6)]
+    line = json.loads((out / "prompts_used.jsonl").read_text().splitlines()[0])
+    assert line == {"frame": 0, "frame_name": "f_0.png", "object_id": 1, "source": "user", "box": None,
+                    "points": [[3, 4.5]], "labels": [1], "confidence": None, "chunk": 0}
+    video = cv2.VideoCapture(str(out / "preview.mp4"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+    assert int(video.get(cv2.CAP_PROP_FRAME_WIDTH)) == 32
+    assert writer.object_frames == {1: 3, 2: 3}
+
+
+def test_writer_errors_reach_the_job(tmp_path: Path):
+    folder = FrameFolder.scan(make_clip(tmp_path / "clip", n=2, size=(32, 24)))
+    out = tmp_path / "out"
+    out.mkdir()
+    writer = OutputWriter(out, folder)
+    writer.mask(0, np.zeros((5, 5, 5, 5), np.uint8))  # not an image
+    with pytest.raises(Exception):
+        writer.flush()
+    writer.close()
+
+
+def test_output_folder_appears_only_when_complete(tmp_path: Path):
+    out = tmp_path / "outbox" / "clip"
+    stage = open_staging(out)
+    (stage / "manifest.json").write_text("{}")
+    assert not out.exists() and stage == staging_path(out) and stage.name.startswith(".")
+    publish(stage, out, overwrite=False)
+    assert (out / "manifest.json").exists() and not stage.exists()
+    with pytest.raises(OutputError, match="already exists"):
+        check_target(out, overwrite=False)
+    stage = open_staging(out)
+    (stage / "new").write_text("x")
+    publish(stage, out, overwrite=True)
+    assert (out / "new").exists() and not (out / "manifest.json").exists()
