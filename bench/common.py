@@ -1,0 +1,65 @@
+"""Helpers shared by the benchmark scripts: the data folder, clip folders, child peak RSS."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("REELMASK_TEST_DATA", ROOT.parent / "shared" / "data"))
+
+
+def long_dog() -> Path:
+    path = DATA / "long" / "dog"
+    if not path.is_dir():
+        sys.exit(f"needs the 1302-frame clip at {path} (set REELMASK_TEST_DATA)")
+    return path
+
+
+def clip_of(src: Path, n: int, dest: Path, point: tuple[int, int] | None = None) -> Path:
+    """A frame folder with the first n frames of src (symlinks, nothing copied) and a point prompt."""
+    frames = sorted(p for p in src.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if len(frames) < n:
+        sys.exit(f"{src} has {len(frames)} frames, {n} asked for")
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in frames[:n]:
+        link = dest / f.name
+        if not link.exists():
+            os.symlink(f, link)
+    if point is None:
+        from PIL import Image
+
+        with Image.open(frames[0]) as im:
+            point = (im.width // 2, im.height // 2)
+    (dest / "prompts.json").write_text(json.dumps(
+        {"objects": [{"id": 1, "frame": 0, "points": [list(point)], "labels": [1]}]}))
+    return dest
+
+
+@dataclass
+class RunResult:
+    seconds: float
+    peak_rss_mb: float
+    manifest: dict
+
+
+def run_reelmask(clip: Path, out: Path, sets: list[str]) -> RunResult:
+    """`reelmask run` in a child process; its own peak RSS comes from wait4."""
+    cmd = [sys.executable, "-m", "core.cli", "run", str(clip), "--out", str(out), "--mode", "track", "--quiet"]
+    for s in sets:
+        cmd += ["--set", s]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "YOLO_OFFLINE": "1"})
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"reelmask run failed:\n{err}")
+    manifest = json.loads((out / "manifest.json").read_text())
+    return RunResult(seconds, usage.ru_maxrss / 1024, manifest)

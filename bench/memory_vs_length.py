@@ -1,0 +1,90 @@
+"""Peak memory of `reelmask run` on a short and a long stretch of the same real video.
+
+Goal: the long run peaks at most 1.15x the short one at the same chunk size (memory does not grow
+with video length). For contrast, --baseline also measures plain sam2 (`init_state` on the whole
+folder, then `propagate_in_video`), whose memory grows with every frame.
+
+    .venv/bin/python bench/memory_vs_length.py --short 100 --long 1000 --chunk-size 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import ROOT, clip_of, long_dog, run_reelmask  # noqa: E402
+
+GOAL = 1.15
+
+_PLAIN = r"""
+import resource, sys, torch
+from sam2.build_sam import build_sam2_video_predictor
+size = int(sys.argv[2]); f = size // 16
+torch.manual_seed(0)
+p = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu", hydra_overrides_extra=[
+    f"++model.image_size={size}",
+    f"++model.memory_attention.layer.self_attention.feat_sizes=[{f},{f}]",
+    f"++model.memory_attention.layer.cross_attention.feat_sizes=[{f},{f}]"])
+import os
+os.environ["TQDM_DISABLE"] = "1"
+with torch.inference_mode():
+    state = p.init_state(sys.argv[1])
+    p.add_new_points_or_box(state, 0, 1, points=[[320, 180]], labels=[1])
+    for _ in p.propagate_in_video(state):
+        pass
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def plain_sam2_peak(clip: Path, size: int) -> float:
+    out = subprocess.run([sys.executable, "-c", _PLAIN, str(clip), str(size)], capture_output=True, text=True,
+                         cwd=tempfile.gettempdir(), env={**os.environ, "TQDM_DISABLE": "1"})
+    if out.returncode != 0:
+        sys.exit(out.stderr)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--short", type=int, default=100)
+    ap.add_argument("--long", type=int, default=1000)
+    ap.add_argument("--chunk-size", type=int, default=50)
+    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--weights", default="random", help='models.sam2_weights ("random" here: no download)')
+    ap.add_argument("--baseline", action="store_true", help="also measure plain sam2 init_state (slow)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra reelmask config overrides")
+    args = ap.parse_args()
+
+    src = long_dog()
+    sets = [f"models.sam2_weights={args.weights}", f"models.image_size={args.image_size}",
+            f"chunking.chunk_size={args.chunk_size}", *args.set]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for n in (args.short, args.long):
+            clip = clip_of(src, n, tmp / f"clip{n}", point=(320, 180))
+            r = run_reelmask(clip, tmp / f"out{n}", sets)
+            plain = plain_sam2_peak(clip, args.image_size) if args.baseline else None
+            rows.append((n, r.peak_rss_mb, r.seconds, r.manifest["timings"]["sam2_seconds"], plain))
+
+    print(f"reelmask run, track mode, sam2.1 tiny ({args.weights} weights), {args.image_size} px, "
+          f"chunk_size {args.chunk_size}, real frames of {src}")
+    print(f"{'frames':>7} {'peak RSS MB':>12} {'wall s':>8} {'sam2 s':>8} {'plain sam2 peak MB':>19}")
+    for n, rss, secs, sam2s, plain in rows:
+        plain_s = f"{plain:19.0f}" if plain is not None else f"{'-':>19}"
+        print(f"{n:>7} {rss:>12.0f} {secs:>8.1f} {sam2s:>8.1f} {plain_s}")
+    ratio = rows[1][1] / rows[0][1]
+    print(f"peak RSS ratio long/short: {ratio:.3f} (goal <= {GOAL})  {'OK' if ratio <= GOAL else 'OVER GOAL'}")
+    if args.baseline:
+        pr = rows[1][4] / rows[0][4]
+        grow = (rows[1][4] - rows[0][4]) / (rows[1][0] - rows[0][0])
+        print(f"plain sam2 ratio: {pr:.3f}, grows {grow:.2f} MB per frame at {args.image_size} px")
+
+
+if __name__ == "__main__":
+    main()
