@@ -113,7 +113,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         for col in ("name", "size", "sha256 pinned", "cached"):
             table.add_column(col)
         for v in SAM2_VARIANTS.values():
-            size, sha = W._pinned(v, cfg)
+            size, sha = W.pinned(v, cfg)
             path = W.cached_path(v, cfg)
             table.add_row(v.name, f"{size:,}" if size else "?", "yes" if sha else "on first download",
                           str(path) if path.is_file() else "-")
@@ -219,7 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except ReelmaskError as e:
         print(f"reelmask: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ReelmaskError) else 1
+        return 2
+    except Exception as e:  # a bug or an environment problem: one line, details with --log-level debug
+        log.debug("unexpected error", exc_info=True)
+        print(f"reelmask: internal error: {type(e).__name__}: {e} (rerun with --log-level debug for details)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from core.config import Config, read_toml, with_overrides
 from core.engine.chunks import Chunk, plan_chunks
 from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
 from core.errors import ConfigError
-from core.frames import FrameFolder, FrameReader
+from core.frames import FrameFolder, FrameReader, to_model_input
 from core.modes import Mode, ModeChoice, choose_mode, require_available
 from core.outputs.folder import MANIFEST, check_target, open_staging, publish, staging_path, write_json
 from core.outputs.writer import OutputWriter, PreviewSettings
@@ -154,10 +154,9 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None,
     size = tracker.image_size
     device = tracker.device
 
-    def prepare(rgb):
-        import torch
+    import torch
 
-        from core.frames import to_model_input
+    def prepare(rgb):
         return torch.from_numpy(to_model_input(rgb, size)).to(device, non_blocking=True)
 
     reader = FrameReader(folder, prepare, prefetch=cfg.chunking.prefetch)

@@ -84,7 +84,7 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _pinned(variant: Sam2Variant, cfg: Config | None) -> tuple[int | None, str | None]:
+def pinned(variant: Sam2Variant, cfg: Config | None) -> tuple[int | None, str | None]:
     """Size and sha256 we hold the file to: the registry's, else the one pinned at first download."""
     if variant.sha256:
         return variant.size, variant.sha256
@@ -104,7 +104,7 @@ def _pin(variant: Sam2Variant, size: int, digest: str, cfg: Config | None) -> No
 
 def verify(path: Path, variant: Sam2Variant, cfg: Config | None) -> str:
     """Check a checkpoint's size and sha256 against the pinned values; returns its sha256."""
-    size, sha = _pinned(variant, cfg)
+    size, sha = pinned(variant, cfg)
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
         raise ModelError(
@@ -173,14 +173,14 @@ def import_checkpoint(path: Path, name: str | None = None, cfg: Config | None = 
         if variant is None:
             raise ModelError(f"unknown model name '{name}'; `reelmask models list` shows the names")
     else:
-        matches = [v for v in SAM2_VARIANTS.values() if _pinned(v, cfg)[1] == digest]
+        matches = [v for v in SAM2_VARIANTS.values() if pinned(v, cfg)[1] == digest]
         if not matches:
             raise ModelError(
                 f"{path.name} (sha256 {digest[:12]}...) matches no pinned checkpoint; say which model it is "
                 "with --name, e.g. `reelmask models import FILE --name sam2.1_hiera_small`"
             )
         variant = matches[0]
-    size, sha = _pinned(variant, cfg)
+    size, sha = pinned(variant, cfg)
     if sha is not None and sha != digest:
         raise ModelError(
             f"{path.name} has sha256 {digest} but {variant.name} should have {sha}; it is damaged or a different model"
