@@ -19,12 +19,28 @@ from core.errors import Cancelled, ReelmaskError
 
 log = logging.getLogger("reelmask")
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+PLUGIN_GROUP = "reelmask.commands"  # entry points of daemon/ and tui/ add their commands here
+
+Configure = Callable[[argparse.ArgumentParser], None]
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Configure]] = {}
 
 
-def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    COMMANDS[fn.__name__.removeprefix("cmd_").replace("_", "-")] = fn
-    return fn
+def command(configure: Configure = lambda p: None):
+    """Register `cmd_<name>` as `reelmask <name>`; its docstring is the help, `configure` adds arguments."""
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[fn.__name__.removeprefix("cmd_").replace("_", "-")] = (fn, configure)
+        return fn
+    return register
+
+
+def load_plugins() -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            ep.load()
+        except ImportError as e:  # a broken optional part must not take the whole CLI down
+            log.warning("command plugin %s unavailable: %s", ep.name, e)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -39,7 +55,14 @@ def _stderr_console():
 
 # ------------------------------------------------------------------------- run
 
-@command
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("frames_dir", metavar="FRAMES_DIR", help="folder of numbered JPEG/PNG frames")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: <outbox>/<folder name>)")
+    p.add_argument("--mode", help="track, detect, promptless, refine, matting or unet (default: chosen from the folder)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command(_run_args)
 def cmd_run(args: argparse.Namespace) -> int:
     """Run one frame folder now and write its outputs.
 
@@ -92,7 +115,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------- models
 
-@command
+def _models_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "pull", "import"])
+    p.add_argument("target", nargs="?", metavar="NAME|PATH", help="model name for pull, file for import")
+    p.add_argument("--name", help="with import: which model the file is, when its checksum is not pinned")
+
+
+@command(_models_args)
 def cmd_models(args: argparse.Namespace) -> int:
     """List, download or import SAM2 checkpoints in the model cache.
 
@@ -143,7 +172,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------- config
 
-@command
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--defaults", action="store_true", help="print the built-in defaults as config.toml")
+
+
+@command(_config_args)
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the effective configuration (or the shipped defaults with --defaults) as TOML.
 
@@ -157,6 +190,113 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     print(f"# from: {cfg.source}")
     print(json.dumps(cfg.to_dict(), indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------------- queue
+
+def _store(cfg: Config):
+    from core.store import Store
+
+    return Store(cfg.path(cfg.paths.db))
+
+
+def _job(store, ident: str):
+    job = store.find_job(ident)
+    if job is None:
+        raise ReelmaskError(f"no job matches '{ident}'; `reelmask status` lists the job ids")
+    return job
+
+
+def _submit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("frames_dir", metavar="FRAMES_DIR", help="folder of numbered JPEG/PNG frames")
+    p.add_argument("--mode", help="force a mode instead of choosing it from the folder")
+
+
+@command(_submit_args)
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Queue a frame folder for the daemon without putting it in an inbox.
+
+    The folder is checked now (frames, prompts.json, job.toml, mode) and stays where it is; the
+    daemon writes the results to the outbox. --set values given here apply to this job only.
+
+    example: reelmask submit /data/clips/dog --mode track
+    """
+    from core.pipeline import prepare_job
+
+    cfg = _config(args)
+    src = Path(args.frames_dir).resolve()
+    prepare_job(src, cfg, mode=args.mode)  # fail now, not later in the daemon
+    store = _store(cfg)
+    options = {"sets": list(args.set)} if args.set else None
+    job_id = store.add_job_once(src.name, src, source="submit", mode=args.mode, options=options)
+    if job_id is None:
+        raise ReelmaskError(f"{src} is already queued or running; `reelmask status` shows it")
+    store.log("info", f"submitted {src}", job_id)
+    print(job_id)
+    return 0
+
+
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help='machine-readable: {"jobs": [...]}')
+    p.add_argument("--state", action="append", help="only jobs in this state (repeatable)")
+
+
+@command(_status_args)
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show the job queue: id, name, mode, state, progress, error.
+
+    example: reelmask status --json --state failed
+    """
+    import json
+
+    cfg = _config(args)
+    store = _store(cfg)
+    jobs = store.jobs(args.state)
+    if args.json:
+        print(json.dumps({"jobs": [j.status() for j in jobs], "paused": store.setting("paused") == "1"}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"reelmask queue ({cfg.path(cfg.paths.db)})" + (" [PAUSED]" if store.setting("paused") == "1" else ""))
+    for col in ("id", "name", "kind", "mode", "state", "frames", "fps", "error"):
+        table.add_column(col, overflow="fold")
+    for j in jobs:
+        frames = f"{j.frames_done}/{j.frames_total}" if j.frames_total else "-"
+        table.add_row(j.id, j.name, j.kind, j.mode or "-", j.state, frames, f"{j.fps:.1f}" if j.fps else "-",
+                      (j.error or "")[:80])
+    Console().print(table)
+    return 0
+
+
+def _id_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_id", metavar="ID", help="job id (or a unique prefix of it)")
+
+
+@command(_id_args)
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Ask the daemon to cancel a job (a running job stops within a frame).
+
+    example: reelmask cancel 3f2a
+    """
+    store = _store(_config(args))
+    job = _job(store, args.job_id)
+    store.add_command("cancel", job.id)
+    print(f"cancel requested for {job.id} ({job.name}, {job.state})")
+    return 0
+
+
+@command(_id_args)
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Ask the daemon to queue a failed or cancelled job again.
+
+    example: reelmask retry 3f2a
+    """
+    store = _store(_config(args))
+    job = _job(store, args.job_id)
+    store.add_command("retry", job.id)
+    print(f"retry requested for {job.id} ({job.name}, {job.state})")
     return 0
 
 
@@ -182,24 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"reelmask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str) -> argparse.ArgumentParser:
-        summary, details = _doc(COMMANDS[name])
-        return sub.add_parser(name, parents=[common], help=summary, description=f"{summary}\n\n{details}",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    p = add("run")
-    p.add_argument("frames_dir", metavar="FRAMES_DIR", help="folder of numbered JPEG/PNG frames")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: <outbox>/<folder name>)")
-    p.add_argument("--mode", help="track, detect, promptless, refine, matting or unet (default: chosen from the folder)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    p = add("models")
-    p.add_argument("action", choices=["list", "pull", "import"])
-    p.add_argument("target", nargs="?", metavar="NAME|PATH", help="model name for pull, file for import")
-    p.add_argument("--name", help="with import: which model the file is, when its checksum is not pinned")
-
-    p = add("config")
-    p.add_argument("--defaults", action="store_true", help="print the built-in defaults as config.toml")
+    load_plugins()
+    for name, (fn, configure) in COMMANDS.items():
+        summary, details = _doc(fn)
+        p = sub.add_parser(name, parents=[common], help=summary, description=f"{summary}\n\n{details}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        configure(p)
     return parser
 
 
@@ -210,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", module="sam2")
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command][0](args)
     except Cancelled:
         print("reelmask: cancelled", file=sys.stderr)
         return 130
@@ -228,4 +356,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run through the imported module, so plugins that import core.cli register in the same registry
+    from core.cli import main as _main
+
+    sys.exit(_main())

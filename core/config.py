@@ -99,6 +99,15 @@ class OutputConfig:
     overwrite: bool = _key(False, "replace an existing output folder instead of refusing")
 
 
+@dataclass(frozen=True)
+class DaemonConfig:
+    devices: tuple[str, ...] = _key(["auto"], 'one worker per entry, each running one job at a time: "auto", "cpu", "cuda:0", ...')
+    tick_seconds: float = _key(0.5, "how often the daemon looks at inboxes and commands")
+    progress_seconds: float = _key(0.5, "at most one progress write per job per this many seconds")
+    sample_seconds: float = _key(2.0, "how often GPU / memory use is sampled for the dashboard")
+    stop_seconds: float = _key(8.0, "on SIGTERM, how long a running job may take to reach a checkpoint")
+
+
 SECTIONS: dict[str, type] = {
     "paths": PathsConfig,
     "watch": WatchConfig,
@@ -106,6 +115,7 @@ SECTIONS: dict[str, type] = {
     "chunking": ChunkingConfig,
     "detect": DetectConfig,
     "output": OutputConfig,
+    "daemon": DaemonConfig,
 }
 
 
@@ -117,6 +127,7 @@ class Config:
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
     base_dir: Path = field(default_factory=Path.cwd, compare=False)
     source: str = field(default="defaults", compare=False)
 
@@ -287,6 +298,9 @@ def _validate(cfg: Config) -> Config:
             f"and output.fill_hole_area >= 0; got {o.preview_fps}, {o.preview_max_side}, "
             f"{o.preview_opacity}, {o.fill_hole_area}"
         )
+    d = cfg.daemon
+    if not d.devices or min(d.tick_seconds, d.progress_seconds, d.sample_seconds) <= 0 or d.stop_seconds < 0:
+        raise ConfigError("daemon.devices must list at least one device and the daemon.*_seconds keys must be > 0")
     if cfg.watch.settle_seconds < 0 or cfg.watch.poll_interval <= 0:
         raise ConfigError("watch.settle_seconds must be >= 0 and watch.poll_interval > 0")
     return cfg

@@ -120,11 +120,23 @@ def _image_size(path: Path) -> tuple[int, int]:
             raise FrameFolderError(f"frame {path.name} is an empty (0-byte) file; re-export or remove it")
         with Image.open(path) as im:
             im.verify()
-            return im.size
+            size = im.size
+            fmt = im.format
+        if fmt == "JPEG" and not _ends_like_jpeg(path):
+            with Image.open(path) as im:  # a truncated JPEG decodes to grey; make sure it is whole
+                im.load()
+        return size
     except FrameFolderError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise FrameFolderError(f"frame {path.name} cannot be read as an image ({e}); re-export or remove it") from e
+
+
+def _ends_like_jpeg(path: Path) -> bool:
+    """JPEG files end with the EOI marker (some cameras append data; those get a full decode)."""
+    with open(path, "rb") as f:
+        f.seek(-2, 2)
+        return f.read(2) == b"\xff\xd9"
 
 
 def decode_rgb(path: Path) -> np.ndarray:

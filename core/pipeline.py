@@ -25,7 +25,8 @@ from core.errors import ConfigError
 from core.frames import FrameFolder, FrameReader, to_model_input
 from core.modes import Mode, ModeChoice, choose_mode, require_available
 from core.outputs.folder import MANIFEST, check_target, open_staging, publish, staging_path, write_json
-from core.outputs.writer import OutputWriter, PreviewSettings
+from core.outputs.checkpoint import Checkpoint, truncate_lines
+from core.outputs.writer import PROMPTS_USED, OutputWriter, PreviewSettings
 from core.prompts import Prompts, load_prompts
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class JobStarted:
     mode: Mode
     frames_total: int
     chunks: int
+    frames_done: int = 0  # already written by an earlier, interrupted run
 
 
 @dataclass(frozen=True)
@@ -117,25 +119,29 @@ class ModelPool:
 
 
 def run_job(job: PreparedJob, out: Path, *, models: ModelPool | None = None,
-            should_stop: Callable[[], bool] = lambda: False, keep_partial: bool = False) -> Iterator[object]:
+            should_stop: Callable[[], bool] = lambda: False, keep_partial: bool = False,
+            resume: bool = False) -> Iterator[object]:
     """Run a prepared job and publish its output folder; yields engine events along the way.
 
-    On failure or cancel the hidden staging folder is removed unless `keep_partial` is set.
+    With `resume`, a staging folder left by an interrupted run of the same job continues from its
+    first unfinished chunk. On failure or cancel the staging folder is removed unless `keep_partial`.
     """
     try:
-        yield from _run_job(job, out, models, should_stop)
+        yield from _run_job(job, out, models, should_stop, resume)
     except BaseException:
         if not keep_partial:
             shutil.rmtree(staging_path(out), ignore_errors=True)
         raise
 
 
-def _run_job(job: PreparedJob, out: Path, models: ModelPool | None,
-             should_stop: Callable[[], bool]) -> Iterator[object]:
+def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop: Callable[[], bool],
+             resume: bool) -> Iterator[object]:
     cfg = job.config
     started_at, t0 = utc_now(), time.perf_counter()
     check_target(out, cfg.output.overwrite)
-    stage = open_staging(out)
+    previous = Checkpoint.load(staging_path(out)) if resume else None
+    stage = open_staging(out, keep=previous is not None)
+    ckpt = previous or Checkpoint()
     models = models or ModelPool()
     t_model = time.perf_counter()
     tracker = models.sam2(cfg)
@@ -151,10 +157,9 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None,
     chunks = plan_chunks(len(folder), cfg.chunking.chunk_size, cfg.chunking.overlap)
     from core.engine.track import TrackEngine
 
-    size = tracker.image_size
-    device = tracker.device
-
     import torch
+
+    size, device = tracker.image_size, tracker.device
 
     def prepare(rgb):
         return torch.from_numpy(to_model_input(rgb, size)).to(device, non_blocking=True)
@@ -162,13 +167,17 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None,
     reader = FrameReader(folder, prepare, prefetch=cfg.chunking.prefetch)
     preview = (PreviewSettings(cfg.output.preview_fps, cfg.output.preview_max_side, cfg.output.preview_opacity)
                if cfg.output.preview else None)
-    writer_fill = 0 if tracker.sam2_fills_holes else _hole_area_at_video_res(cfg, folder)
-    writer = OutputWriter(stage, folder, fill_hole_area=writer_fill, preview=preview)
+    if previous is not None:
+        truncate_lines(stage / PROMPTS_USED, previous.prompt_lines)
+    writer = OutputWriter(stage, folder, preview=None if previous else preview, append_prompts=previous is not None,
+                          fill_hole_area=0 if tracker.sam2_fills_holes else _hole_area_at_video_res(cfg, folder))
+    writer.frames_written, writer.prompt_lines = ckpt.frames_written, ckpt.prompt_lines
+    writer.object_frames = dict(ckpt.object_frames)
     engine = TrackEngine(tracker, folder, reader, job.prompts, chunks, stage / ".backward",
-                         anchor_prompts=cfg.chunking.anchor_prompts, should_stop=should_stop)
-    chunk_log: dict[int, dict] = {}
-    prompt_counts: dict[int, int] = {}
-    yield JobStarted(job.job_id, job.choice.mode, len(folder), len(chunks))
+                         anchor_prompts=cfg.chunking.anchor_prompts, should_stop=should_stop,
+                         done=set(ckpt.done), handovers=Checkpoint.handovers(stage) if previous else None)
+    resumed_from = None
+    yield JobStarted(job.job_id, job.choice.mode, len(folder), len(chunks), ckpt.frames_written)
     try:
         for event in engine.run():
             if isinstance(event, FrameResult):
@@ -176,18 +185,27 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None,
             elif isinstance(event, PromptUsed):
                 writer.prompt(event)
                 if event.source in ("user", "mask"):
-                    prompt_counts[event.object_id] = prompt_counts.get(event.object_id, 0) + 1
+                    ckpt.prompt_counts[event.object_id] = ckpt.prompt_counts.get(event.object_id, 0) + 1
             elif isinstance(event, ChunkStarted):
-                chunk_log.setdefault(event.chunk, {"index": event.chunk, "start": event.start,
-                                                   "end": event.end - 1, "sweeps": [], "seconds": 0.0})
+                if previous is not None and resumed_from is None:
+                    resumed_from = event.start if event.sweep == "forward" else event.end - 1
+                ckpt.chunk_log.setdefault(event.chunk, {"index": event.chunk, "start": event.start,
+                                                        "end": event.end - 1, "sweeps": [], "seconds": 0.0})
             elif isinstance(event, ChunkFinished):
-                entry = chunk_log[event.chunk]
+                entry = ckpt.chunk_log[event.chunk]
                 entry["sweeps"].append(event.sweep)
                 entry["seconds"] = round(entry["seconds"] + event.seconds, 3)
                 entry["frames_written"] = entry.get("frames_written", 0) + event.frames_emitted
+                writer.flush()
+                ckpt.done.append((event.sweep, event.chunk))
+                ckpt.frames_written, ckpt.prompt_lines = writer.frames_written, writer.prompt_lines
+                ckpt.object_frames = dict(writer.object_frames)
+                ckpt.save(stage, event.sweep, event.handover)
             elif isinstance(event, EngineWarning):
                 warnings.append(event.message)
             yield event
+        if previous is not None and preview is not None:
+            writer.rebuild_preview(preview)
         writer.close()
     except BaseException:
         reader.close()
@@ -201,9 +219,13 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None,
         raise RuntimeError(f"internal error: wrote {writer.frames_written} of {len(folder)} masks")
 
     total = time.perf_counter() - t0
-    manifest = _manifest(job, out, chunks, chunk_log, tracker, warnings, writer, prompt_counts,
+    manifest = _manifest(job, out, chunks, ckpt.chunk_log, tracker, warnings, writer, ckpt.prompt_counts,
                          started_at=started_at, total=total, model_seconds=model_seconds,
                          frame_wait=reader.wait_seconds)
+    manifest["resumed_from_frame"] = resumed_from
+    for name in (".checkpoint.json", ".handover-forward.npz", ".handover-backward.npz"):
+        (stage / name).unlink(missing_ok=True)
+    shutil.rmtree(stage / ".backward", ignore_errors=True)
     write_json(stage / MANIFEST, manifest)
     publish(stage, out, cfg.output.overwrite)
     yield JobFinished(out, manifest)

@@ -46,6 +46,7 @@ class ChunkFinished:
     sweep: str
     seconds: float
     frames_emitted: int
+    handover: dict = field(default_factory=dict, repr=False)  # object id -> mask for the next chunk
 
 
 @dataclass(frozen=True)

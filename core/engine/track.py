@@ -54,7 +54,8 @@ class TrackEngine:
 
     def __init__(self, tracker: Sam2Tracker, folder: FrameFolder, reader: FrameReader, prompts: Prompts,
                  chunks: list[Chunk], scratch: Path, anchor_prompts: bool = True,
-                 should_stop: Callable[[], bool] = lambda: False):
+                 should_stop: Callable[[], bool] = lambda: False,
+                 done: set[tuple[str, int]] = frozenset(), handovers: dict[str, dict[int, np.ndarray]] | None = None):
         self.tracker = tracker
         self.folder = folder
         self.reader = reader
@@ -64,6 +65,9 @@ class TrackEngine:
         self.anchor_prompts = anchor_prompts
         self.should_stop = should_stop
         self.first = {o: prompts.first_frame(o) for o in prompts.object_ids}
+        # resuming: (sweep, chunk) steps already finished, and the hand-over each sweep left behind
+        self.done = set(done)
+        self.resumed = dict(handovers or {})
 
     # ------------------------------------------------------------------ sweeps
 
@@ -79,6 +83,9 @@ class TrackEngine:
         c0 = chunk_of(self.chunks, min_f, last=True)
         handover: dict[int, np.ndarray] = {}
         for chunk in self.chunks[c0.index:]:
+            if ("forward", chunk.index) in self.done:
+                handover = self.resumed.get("forward", {})
+                continue
             alive = [o for o, f in self.first.items() if f < chunk.end]
             start = min_f if chunk is c0 else chunk.start
             emit_from = start if chunk is c0 else self.chunks[chunk.index - 1].end
@@ -99,13 +106,18 @@ class TrackEngine:
                     id_map = self._merge_backward(frame, id_map)
                 return id_map
 
-            yield from self._run_chunk(plan, start, chunk.end - 1, reverse=False, keep=keep, sweep="forward")
+            yield from self._run_chunk(plan, start, chunk.end - 1, reverse=False, keep=keep, sweep="forward",
+                                       handover_out=handover)
 
     def _backward(self, min_f: int, max_f: int) -> Iterator[object]:
         todo = [c for c in self.chunks if c.start < max_f]
         handover: dict[int, np.ndarray] = {}
         later: Chunk | None = None
         for chunk in reversed(todo):
+            if ("backward", chunk.index) in self.done:
+                handover = self.resumed.get("backward", {})
+                later = chunk
+                continue
             needing = [o for o, f in self.first.items() if f > chunk.start]
             prompt_frames = [p.frame for o in needing for p in self.prompts.for_object(o) if p.frame in chunk]
             continuing = later is not None and any(o in handover or self.first[o] >= chunk.end for o in needing)
@@ -130,7 +142,8 @@ class TrackEngine:
                     return None
                 return id_map
 
-            yield from self._run_chunk(plan, start, chunk.start, reverse=True, keep=keep, sweep="backward")
+            yield from self._run_chunk(plan, start, chunk.start, reverse=True, keep=keep, sweep="backward",
+                                       handover_out=handover)
             later = chunk
 
     # ------------------------------------------------------------------ one chunk
@@ -160,7 +173,8 @@ class TrackEngine:
         return _Plan(chunk, frames, user, anchors, given)
 
     def _run_chunk(self, plan: _Plan, start: int, stop: int, *, reverse: bool,
-                   keep: Callable[[int, object], np.ndarray | None], sweep: str) -> Iterator[object]:
+                   keep: Callable[[int, object], np.ndarray | None], sweep: str,
+                   handover_out: dict[int, np.ndarray]) -> Iterator[object]:
         chunk = plan.chunk
         began = time.perf_counter()
         yield ChunkStarted(chunk.index, chunk.start, chunk.end, sweep)
@@ -173,6 +187,7 @@ class TrackEngine:
             yield PromptUsed(chunk.end - 1 if reverse else chunk.start, o, "handover", chunk.index, box=mask_box(mask))
         if not state["obj_ids"]:
             yield EngineWarning(f"chunk {chunk.index} (frames {chunk.start}-{chunk.end - 1}) has no object to track")
+            yield ChunkFinished(chunk.index, chunk.start, chunk.end, sweep, time.perf_counter() - began, 0)
             return
         emitted = 0
         first, last = plan.local(start), plan.local(stop)
@@ -185,7 +200,8 @@ class TrackEngine:
                 emitted += 1
                 yield FrameResult(frame, id_map, chunk.index)
         del state
-        yield ChunkFinished(chunk.index, chunk.start, chunk.end, sweep, time.perf_counter() - began, emitted)
+        yield ChunkFinished(chunk.index, chunk.start, chunk.end, sweep, time.perf_counter() - began, emitted,
+                            dict(handover_out))
 
     def _give(self, state: dict, plan: _Plan, p: ObjectPrompt, chunk_index: int) -> PromptUsed:
         local = plan.local(p.frame)

@@ -68,6 +68,7 @@ class OutputWriter:
         self._error: BaseException | None = None
         self.object_frames: dict[int, int] = {}   # object id -> frames where it has pixels
         self.frames_written = 0
+        self.prompt_lines = 0
         self._thread = threading.Thread(target=self._loop, name="output-writer", daemon=True)
         self._thread.start()
 
@@ -123,6 +124,7 @@ class OutputWriter:
         if kind == "prompt":
             self._prompts.write(json.dumps(prompt_record(item[1], self.folder)) + "\n")
             self._prompts.flush()
+            self.prompt_lines += 1
             return
         _, frame, id_map = item
         id_map = fill_small_holes(id_map, self._fill)
@@ -143,6 +145,14 @@ class OutputWriter:
             self._preview_frame(i, ids)
             self._written.discard(i)
             self._next_preview += 1
+
+    def rebuild_preview(self, settings: PreviewSettings) -> None:
+        """Render preview.mp4 from the masks on disk (after a resumed job, whose video was cut)."""
+        self.flush()
+        self._preview = settings
+        (self.root / PREVIEW).unlink(missing_ok=True)
+        for i in range(len(self.folder)):
+            self._preview_frame(i, read_mask(self.masks_dir / f"{self.folder.stem(i)}.png"))
 
     def _preview_frame(self, index: int, id_map: np.ndarray) -> None:
         p = self._preview

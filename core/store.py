@@ -1,0 +1,358 @@
+"""The SQLite state shared by daemon, CLI and TUI. All SQL of the project lives in this module.
+
+WAL journal and a busy timeout let the daemon write while the TUI and CLI read; claiming a job is a
+single IMMEDIATE transaction, so two workers never run the same job. Timestamps are UTC ISO.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+import uuid
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import sqlite_utils
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+
+ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value, JobState.INTERRUPTED.value)
+
+
+class CommandKind(str, enum.Enum):
+    CANCEL = "cancel"
+    RETRY = "retry"
+    PAUSE = "pause"
+    RESUME = "resume"
+    TRAIN = "train"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    name: str
+    kind: str
+    mode: str | None
+    state: str
+    source: str            # inbox | submit
+    origin_path: str       # where the folder was found
+    input_path: str        # where the folder is now
+    inbox_mode: str | None
+    output_path: str | None
+    frames_total: int | None
+    error: str | None
+    error_detail: str | None
+    attempts: int
+    resumed_from_frame: int | None
+    worker: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str
+    options: str | None
+    frames_done: int = 0
+    fps: float | None = None
+    chunk: int | None = None
+
+    def status(self) -> dict[str, Any]:
+        """The `reelmask status --json` form of a job."""
+        return {
+            "id": self.id, "name": self.name, "kind": self.kind, "mode": self.mode, "state": self.state,
+            "frames_done": self.frames_done, "frames_total": self.frames_total, "error": self.error,
+            "fps": self.fps, "input": self.input_path, "output": self.output_path, "source": self.source,
+            "attempts": self.attempts, "resumed_from_frame": self.resumed_from_frame,
+            "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
+        }
+
+    @property
+    def option_values(self) -> dict[str, Any]:
+        return json.loads(self.options) if self.options else {}
+
+
+@dataclass(frozen=True)
+class Command:
+    id: int
+    ts: str
+    kind: str
+    job_id: str | None
+    payload: dict
+    state: str
+
+
+_MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, mode TEXT, state TEXT NOT NULL,
+        source TEXT NOT NULL, origin_path TEXT NOT NULL, input_path TEXT NOT NULL, inbox_mode TEXT,
+        output_path TEXT, frames_total INTEGER, error TEXT, error_detail TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+        resumed_from_frame INTEGER, worker TEXT, created_at TEXT NOT NULL, started_at TEXT, finished_at TEXT,
+        updated_at TEXT NOT NULL, options TEXT);
+    CREATE INDEX jobs_state ON jobs(state, created_at);
+    CREATE INDEX jobs_origin ON jobs(origin_path);
+    CREATE TABLE progress (
+        job_id TEXT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE, frames_done INTEGER NOT NULL,
+        frames_total INTEGER, fps REAL, chunk INTEGER, updated_at TEXT NOT NULL);
+    CREATE TABLE chunks (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, sweep TEXT NOT NULL, idx INTEGER NOT NULL,
+        start_frame INTEGER NOT NULL, end_frame INTEGER NOT NULL, state TEXT NOT NULL, seconds REAL,
+        updated_at TEXT NOT NULL, PRIMARY KEY (job_id, sweep, idx));
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, level TEXT NOT NULL, job_id TEXT, message TEXT NOT NULL);
+    CREATE INDEX events_job ON events(job_id, id);
+    CREATE TABLE samples (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, device TEXT NOT NULL, name TEXT,
+        mem_used_mb REAL, mem_total_mb REAL, util REAL, rss_mb REAL);
+    CREATE TABLE commands (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, kind TEXT NOT NULL, job_id TEXT,
+        payload TEXT, state TEXT NOT NULL DEFAULT 'pending', handled_at TEXT, result TEXT);
+    CREATE INDEX commands_pending ON commands(state, id);
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT);
+    """),
+]
+
+_JOB_COLUMNS = [f.name for f in fields(Job) if f.name not in ("frames_done", "fps", "chunk")]
+_JOB_SELECT = ("SELECT " + ", ".join(f"j.{c}" for c in _JOB_COLUMNS) +
+               ", COALESCE(p.frames_done, 0), p.fps, p.chunk FROM jobs j LEFT JOIN progress p ON p.job_id = j.id")
+
+
+class Store:
+    """One connection to the state database. Cheap to open; open one per thread."""
+
+    def __init__(self, path: str | Path, timeout: float = 10.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._migrate()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ------------------------------------------------------------------ migrations
+
+    def _migrate(self) -> None:
+        with self._tx():
+            self.conn.execute("CREATE TABLE IF NOT EXISTS migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+            done = {r[0] for r in self.conn.execute("SELECT version FROM migrations")}
+            for version, script in _MIGRATIONS:
+                if version in done:
+                    continue
+                for statement in filter(str.strip, script.split(";")):
+                    self.conn.execute(statement)
+                self.conn.execute("INSERT INTO migrations (version, applied_at) VALUES (?, ?)", (version, utc_now()))
+
+    def schema_version(self) -> int:
+        return self.conn.execute("SELECT MAX(version) FROM migrations").fetchone()[0] or 0
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection):
+            self.conn = conn
+
+        def __enter__(self):
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type, *_):
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _tx(self) -> "_Tx":
+        return Store._Tx(self.conn)
+
+    # ------------------------------------------------------------------ jobs
+
+    def add_job(self, name: str, input_path: Path | str, *, kind: str = "segment", mode: str | None = None,
+                source: str = "inbox", inbox_mode: str | None = None, options: dict | None = None) -> str:
+        job_id = uuid.uuid4().hex[:12]
+        now = utc_now()
+        path = str(input_path)
+        row = {
+            "id": job_id, "name": name, "kind": kind, "mode": mode, "state": JobState.QUEUED.value,
+            "source": source, "origin_path": path, "input_path": path, "inbox_mode": inbox_mode,
+            "attempts": 0, "created_at": now, "updated_at": now,
+            "options": json.dumps(options) if options else None,
+        }
+        self.conn.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                          tuple(row.values()))
+        return job_id
+
+    def add_job_once(self, name: str, input_path: Path | str, **kw: Any) -> str | None:
+        """Queue a job unless an active one already exists for the same folder (one folder, one job)."""
+        with self._tx() as conn:
+            hit = conn.execute(
+                f"SELECT id FROM jobs WHERE origin_path = ? AND state IN ({','.join('?' * len(ACTIVE))})",
+                (str(input_path), *ACTIVE)).fetchone()
+            if hit:
+                return None
+            return self.add_job(name, input_path, **kw)
+
+    def _row_to_job(self, row: Iterable[Any]) -> Job:
+        return Job(*row)
+
+    def job(self, job_id: str) -> Job | None:
+        row = self.conn.execute(_JOB_SELECT + " WHERE j.id = ?", (job_id,)).fetchone()
+        return self._row_to_job(row) if row else None
+
+    def find_job(self, prefix: str) -> Job | None:
+        """A job by id or unique id prefix."""
+        rows = self.conn.execute(_JOB_SELECT + " WHERE j.id LIKE ? ORDER BY j.created_at", (prefix + "%",)).fetchall()
+        return self._row_to_job(rows[0]) if len(rows) == 1 else None
+
+    def jobs(self, states: Iterable[str] | None = None, limit: int | None = None) -> list[Job]:
+        sql, args = _JOB_SELECT, []
+        if states:
+            states = list(states)
+            sql += f" WHERE j.state IN ({','.join('?' * len(states))})"
+            args += states
+        sql += " ORDER BY j.created_at, j.id"
+        if limit:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [self._row_to_job(r) for r in self.conn.execute(sql, args)]
+
+    def claim(self, worker: str) -> Job | None:
+        """Take the oldest queued job for `worker`, atomically."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT id FROM jobs WHERE state = ? ORDER BY created_at, id LIMIT 1",
+                               (JobState.QUEUED.value,)).fetchone()
+            if row is None:
+                return None
+            now = utc_now()
+            conn.execute("UPDATE jobs SET state = ?, worker = ?, started_at = COALESCE(started_at, ?), "
+                         "attempts = attempts + 1, updated_at = ? WHERE id = ? AND state = ?",
+                         (JobState.RUNNING.value, worker, now, now, row[0], JobState.QUEUED.value))
+        return self.job(row[0])
+
+    def update_job(self, job_id: str, **values: Any) -> None:
+        values["updated_at"] = utc_now()
+        cols = ", ".join(f"{k} = ?" for k in values)
+        self.conn.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*values.values(), job_id))
+
+    def finish_job(self, job_id: str, state: JobState, *, error: str | None = None, detail: str | None = None,
+                   **values: Any) -> None:
+        self.update_job(job_id, state=state.value, error=error, error_detail=detail, finished_at=utc_now(), **values)
+
+    def cancel_queued(self, job_id: str, reason: str) -> bool:
+        """Cancel a job only if no worker has claimed it yet (atomic against `claim`)."""
+        now = utc_now()
+        cur = self.conn.execute(
+            "UPDATE jobs SET state = ?, error = ?, finished_at = ?, updated_at = ? WHERE id = ? AND state IN (?, ?)",
+            (JobState.CANCELLED.value, reason, now, now, job_id, JobState.QUEUED.value, JobState.INTERRUPTED.value))
+        return cur.rowcount == 1
+
+    def requeue(self, job_id: str) -> None:
+        self.update_job(job_id, state=JobState.QUEUED.value, worker=None, error=None, error_detail=None,
+                        finished_at=None)
+
+    def requeue_orphans(self) -> list[str]:
+        """Jobs left running or interrupted by a stopped daemon go back to the queue (they resume)."""
+        with self._tx() as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM jobs WHERE state IN (?, ?)",
+                                              (JobState.RUNNING.value, JobState.INTERRUPTED.value))]
+            for job_id in ids:
+                conn.execute("UPDATE jobs SET state = ?, worker = NULL, updated_at = ? WHERE id = ?",
+                             (JobState.QUEUED.value, utc_now(), job_id))
+        return ids
+
+    # ------------------------------------------------------------------ progress and chunks
+
+    def set_progress(self, job_id: str, frames_done: int, frames_total: int | None, fps: float | None,
+                     chunk: int | None) -> None:
+        self.conn.execute(
+            "INSERT INTO progress (job_id, frames_done, frames_total, fps, chunk, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(job_id) DO UPDATE SET frames_done = excluded.frames_done, frames_total = excluded.frames_total, "
+            "fps = excluded.fps, chunk = excluded.chunk, updated_at = excluded.updated_at",
+            (job_id, frames_done, frames_total, fps, chunk, utc_now()))
+
+    def set_chunk(self, job_id: str, sweep: str, idx: int, start: int, end: int, state: str,
+                  seconds: float | None = None) -> None:
+        self.conn.execute(
+            "INSERT INTO chunks (job_id, sweep, idx, start_frame, end_frame, state, seconds, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id, sweep, idx) DO UPDATE SET state = excluded.state, "
+            "seconds = excluded.seconds, updated_at = excluded.updated_at",
+            (job_id, sweep, idx, start, end, state, seconds, utc_now()))
+
+    def chunks(self, job_id: str) -> list[dict]:
+        rows = self.conn.execute("SELECT sweep, idx, start_frame, end_frame, state, seconds FROM chunks "
+                                 "WHERE job_id = ? ORDER BY sweep DESC, idx", (job_id,))
+        return [dict(zip(("sweep", "idx", "start", "end", "state", "seconds"), r)) for r in rows]
+
+    def clear_job_details(self, job_id: str) -> None:
+        """Forget progress and chunk states (before a job starts again from scratch)."""
+        self.conn.execute("DELETE FROM progress WHERE job_id = ?", (job_id,))
+        self.conn.execute("DELETE FROM chunks WHERE job_id = ?", (job_id,))
+
+    # ------------------------------------------------------------------ events, samples, settings
+
+    def log(self, level: str, message: str, job_id: str | None = None) -> None:
+        self.conn.execute("INSERT INTO events (ts, level, job_id, message) VALUES (?, ?, ?, ?)",
+                          (utc_now(), level, job_id, message))
+
+    def events(self, limit: int = 200, job_id: str | None = None) -> list[dict]:
+        sql = "SELECT id, ts, level, job_id, message FROM events"
+        args: list[Any] = []
+        if job_id:
+            sql += " WHERE job_id = ?"
+            args.append(job_id)
+        sql += " ORDER BY id DESC LIMIT ?"
+        rows = self.conn.execute(sql, (*args, limit)).fetchall()
+        return [dict(zip(("id", "ts", "level", "job_id", "message"), r)) for r in reversed(rows)]
+
+    def add_sample(self, device: str, name: str | None, mem_used_mb: float | None, mem_total_mb: float | None,
+                   util: float | None, rss_mb: float | None, keep: int = 5000) -> None:
+        self.conn.execute("INSERT INTO samples (ts, device, name, mem_used_mb, mem_total_mb, util, rss_mb) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?)", (utc_now(), device, name, mem_used_mb, mem_total_mb, util, rss_mb))
+        self.conn.execute("DELETE FROM samples WHERE id <= (SELECT MAX(id) FROM samples) - ?", (keep,))
+
+    def samples(self, limit: int = 120) -> list[dict]:
+        rows = self.conn.execute("SELECT ts, device, name, mem_used_mb, mem_total_mb, util, rss_mb FROM samples "
+                                 "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        keys = ("ts", "device", "name", "mem_used_mb", "mem_total_mb", "util", "rss_mb")
+        return [dict(zip(keys, r)) for r in reversed(rows)]
+
+    def setting(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_setting(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT INTO settings (key, value) VALUES (?, ?) "
+                          "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # ------------------------------------------------------------------ commands
+
+    def add_command(self, kind: CommandKind | str, job_id: str | None = None, payload: dict | None = None) -> int:
+        cur = self.conn.execute("INSERT INTO commands (ts, kind, job_id, payload) VALUES (?, ?, ?, ?)",
+                                (utc_now(), CommandKind(kind).value, job_id, json.dumps(payload or {})))
+        return int(cur.lastrowid)
+
+    def pending_commands(self) -> list[Command]:
+        rows = self.conn.execute("SELECT id, ts, kind, job_id, payload, state FROM commands WHERE state = 'pending' "
+                                 "ORDER BY id").fetchall()
+        return [Command(r[0], r[1], r[2], r[3], json.loads(r[4] or "{}"), r[5]) for r in rows]
+
+    def has_pending_cancel(self, job_id: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM commands WHERE state = 'pending' AND kind = 'cancel' AND job_id = ?",
+                                 (job_id,)).fetchone() is not None
+
+    def finish_command(self, command_id: int, state: str, result: str | None = None) -> None:
+        self.conn.execute("UPDATE commands SET state = ?, handled_at = ?, result = ? WHERE id = ?",
+                          (state, utc_now(), result, command_id))

@@ -1,0 +1,1 @@
+"""The watch-folder service: inbox watcher, job workers, commands, metrics, systemd unit."""
