@@ -175,7 +175,7 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     writer.object_frames = dict(ckpt.object_frames)
     engine = TrackEngine(tracker, folder, reader, job.prompts, chunks, stage / ".backward",
                          anchor_prompts=cfg.chunking.anchor_prompts, should_stop=should_stop,
-                         done=set(ckpt.done), handovers=Checkpoint.handovers(stage) if previous else None)
+                         done=set(ckpt.done), handovers=ckpt.handovers(stage) if previous else None)
     resumed_from = None
     yield JobStarted(job.job_id, job.choice.mode, len(folder), len(chunks), ckpt.frames_written)
     try:
@@ -200,7 +200,7 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
                 ckpt.done.append((event.sweep, event.chunk))
                 ckpt.frames_written, ckpt.prompt_lines = writer.frames_written, writer.prompt_lines
                 ckpt.object_frames = dict(writer.object_frames)
-                ckpt.save(stage, event.sweep, event.handover)
+                ckpt.save(stage, event.sweep, event.chunk, event.handover)
             elif isinstance(event, EngineWarning):
                 warnings.append(event.message)
             yield event
@@ -223,8 +223,7 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
                          started_at=started_at, total=total, model_seconds=model_seconds,
                          frame_wait=reader.wait_seconds)
     manifest["resumed_from_frame"] = resumed_from
-    for name in (".checkpoint.json", ".handover-forward.npz", ".handover-backward.npz"):
-        (stage / name).unlink(missing_ok=True)
+    Checkpoint.clear(stage)
     shutil.rmtree(stage / ".backward", ignore_errors=True)
     write_json(stage / MANIFEST, manifest)
     publish(stage, out, cfg.output.overwrite)

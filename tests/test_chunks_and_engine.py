@@ -95,7 +95,8 @@ def test_every_frame_once_with_every_object(tmp_path: Path, overlap):
     per_frame, results = _frames(events)
     assert len(results) == 20 and sorted(per_frame) == list(range(20))  # each frame exactly once
     assert all(objs == {1, 2, 3} for objs in per_frame.values())        # forward + backward cover all
-    assert not any((tmp_path / "scratch").glob("*.png"))               # backward partials all merged
+    # frames below the last first-prompt got their backward objects through the scratch folder
+    assert {int(p.stem) for p in (tmp_path / "scratch").glob("*.png")} <= set(range(13))
 
 
 def test_handover_masks_come_from_the_shared_frame(tmp_path: Path):

@@ -225,6 +225,5 @@ class TrackEngine:
         path = self._partial_path(frame)
         if not path.exists():
             return id_map
-        back = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        path.unlink()
+        back = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # kept: a resumed chunk may need it again
         return np.where(id_map > 0, id_map, back).astype(np.uint8)

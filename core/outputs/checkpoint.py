@@ -23,6 +23,7 @@ class Checkpoint:
     object_frames: dict[int, int] = field(default_factory=dict)
     chunk_log: dict[int, dict] = field(default_factory=dict)
     prompt_counts: dict[int, int] = field(default_factory=dict)
+    handover_files: dict[str, str] = field(default_factory=dict)  # sweep -> file of its latest hand-over
 
     @classmethod
     def load(cls, stage: Path) -> "Checkpoint | None":
@@ -37,28 +38,39 @@ class Checkpoint:
             object_frames={int(k): v for k, v in data["object_frames"].items()},
             chunk_log={int(k): v for k, v in data["chunk_log"].items()},
             prompt_counts={int(k): v for k, v in data.get("prompt_counts", {}).items()},
+            handover_files=dict(data.get("handover_files", {})),
         )
 
-    def save(self, stage: Path, sweep: str, handover: dict[int, np.ndarray]) -> None:
-        """Record a finished step; the hand-over masks go first so the JSON never points at a missing file."""
-        path = stage / f".handover-{sweep}.npz"
-        tmp = path.with_name(path.name + ".tmp.npz")
+    def save(self, stage: Path, sweep: str, chunk: int, handover: dict[int, np.ndarray]) -> None:
+        """Record a finished step. The hand-over masks get a file per step, written before the JSON
+        that names it, so a kill at any point leaves a consistent pair."""
+        name = f".handover-{sweep}-{chunk:05d}.npz"
+        tmp = stage / f".tmp-{name}"
         np.savez_compressed(tmp, **{str(k): v for k, v in handover.items()})
-        os.replace(tmp, path)
+        os.replace(tmp, stage / name)
+        self.handover_files[sweep] = name
         write_json(stage / CHECKPOINT, {
             "done": self.done, "prompt_lines": self.prompt_lines, "frames_written": self.frames_written,
             "object_frames": self.object_frames, "chunk_log": self.chunk_log, "prompt_counts": self.prompt_counts,
+            "handover_files": self.handover_files,
         })
+        for old in stage.glob(f".handover-{sweep}-*.npz"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def handovers(self, stage: Path) -> dict[str, dict[int, np.ndarray]]:
+        out = {}
+        for sweep, name in self.handover_files.items():
+            with np.load(stage / name) as data:
+                out[sweep] = {int(k): data[k] for k in data.files}
+        return out
 
     @staticmethod
-    def handovers(stage: Path) -> dict[str, dict[int, np.ndarray]]:
-        out = {}
-        for sweep in ("forward", "backward"):
-            path = stage / f".handover-{sweep}.npz"
-            if path.exists():
-                with np.load(path) as data:
-                    out[sweep] = {int(k): data[k] for k in data.files}
-        return out
+    def clear(stage: Path) -> None:
+        """Remove the resume files once the job is complete."""
+        (stage / CHECKPOINT).unlink(missing_ok=True)
+        for path in stage.glob(".handover-*.npz"):
+            path.unlink()
 
 
 def truncate_lines(path: Path, keep: int) -> None:
