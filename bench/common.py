@@ -63,3 +63,38 @@ def run_reelmask(clip: Path, out: Path, sets: list[str]) -> RunResult:
         sys.exit(f"reelmask run failed:\n{err}")
     manifest = json.loads((out / "manifest.json").read_text())
     return RunResult(seconds, usage.ru_maxrss / 1024, manifest)
+
+
+_PLAIN = r"""
+import json, resource, sys, time, torch
+from sam2.build_sam import build_sam2_video_predictor
+size = int(sys.argv[2]); f = size // 16
+torch.manual_seed(0)
+p = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu", hydra_overrides_extra=[
+    f"++model.image_size={size}",
+    f"++model.memory_attention.layer.self_attention.feat_sizes=[{f},{f}]",
+    f"++model.memory_attention.layer.cross_attention.feat_sizes=[{f},{f}]",
+    "++model.fill_hole_area=0"], apply_postprocessing=False)
+t0 = time.perf_counter()
+with torch.inference_mode():
+    state = p.init_state(sys.argv[1])
+    t1 = time.perf_counter()
+    p.add_new_points_or_box(state, 0, 1, points=[[320, 180]], labels=[1])
+    for _ in p.propagate_in_video(state):
+        pass
+t2 = time.perf_counter()
+print(json.dumps({"load_s": t1 - t0, "track_s": t2 - t1,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def plain_sam2(clip: Path, size: int) -> dict:
+    """Plain sam2 on a frame folder, the way its notebooks do it: init_state loads every frame,
+    then one point prompt and propagate_in_video. Returns load_s, track_s and peak_mb."""
+    import tempfile
+
+    out = subprocess.run([sys.executable, "-c", _PLAIN, str(clip), str(size)], capture_output=True, text=True,
+                         cwd=tempfile.gettempdir(), env={**os.environ, "TQDM_DISABLE": "1"})
+    if out.returncode != 0:
+        sys.exit(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])

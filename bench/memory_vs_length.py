@@ -10,43 +10,14 @@ folder, then `propagate_in_video`), whose memory grows with every frame.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import ROOT, clip_of, long_dog, run_reelmask  # noqa: E402
+from bench.common import clip_of, long_dog, plain_sam2, run_reelmask  # noqa: E402
 
 GOAL = 1.15
-
-_PLAIN = r"""
-import resource, sys, torch
-from sam2.build_sam import build_sam2_video_predictor
-size = int(sys.argv[2]); f = size // 16
-torch.manual_seed(0)
-p = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu", hydra_overrides_extra=[
-    f"++model.image_size={size}",
-    f"++model.memory_attention.layer.self_attention.feat_sizes=[{f},{f}]",
-    f"++model.memory_attention.layer.cross_attention.feat_sizes=[{f},{f}]"])
-import os
-os.environ["TQDM_DISABLE"] = "1"
-with torch.inference_mode():
-    state = p.init_state(sys.argv[1])
-    p.add_new_points_or_box(state, 0, 1, points=[[320, 180]], labels=[1])
-    for _ in p.propagate_in_video(state):
-        pass
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-"""
-
-
-def plain_sam2_peak(clip: Path, size: int) -> float:
-    out = subprocess.run([sys.executable, "-c", _PLAIN, str(clip), str(size)], capture_output=True, text=True,
-                         cwd=tempfile.gettempdir(), env={**os.environ, "TQDM_DISABLE": "1"})
-    if out.returncode != 0:
-        sys.exit(out.stderr)
-    return float(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -69,7 +40,7 @@ def main() -> None:
         for n in (args.short, args.long):
             clip = clip_of(src, n, tmp / f"clip{n}", point=(320, 180))
             r = run_reelmask(clip, tmp / f"out{n}", sets)
-            plain = plain_sam2_peak(clip, args.image_size) if args.baseline else None
+            plain = plain_sam2(clip, args.image_size)["peak_mb"] if args.baseline else None
             rows.append((n, r.peak_rss_mb, r.seconds, r.manifest["timings"]["sam2_seconds"], plain))
 
     print(f"reelmask run, track mode, sam2.1 tiny ({args.weights} weights), {args.image_size} px, "

@@ -13,47 +13,14 @@ Goal: end-to-end overhead <= 10% at 256 px on CPU.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import clip_of, long_dog, run_reelmask  # noqa: E402
+from bench.common import clip_of, long_dog, plain_sam2, run_reelmask  # noqa: E402
 
 GOAL = 0.10
-
-_PLAIN = r"""
-import sys, time, torch
-from sam2.build_sam import build_sam2_video_predictor
-size = int(sys.argv[2]); f = size // 16
-torch.manual_seed(0)
-p = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", None, device="cpu", hydra_overrides_extra=[
-    f"++model.image_size={size}",
-    f"++model.memory_attention.layer.self_attention.feat_sizes=[{f},{f}]",
-    f"++model.memory_attention.layer.cross_attention.feat_sizes=[{f},{f}]",
-    "++model.fill_hole_area=0"], apply_postprocessing=False)
-t0 = time.perf_counter()
-with torch.inference_mode():
-    state = p.init_state(sys.argv[1])
-    t1 = time.perf_counter()
-    p.add_new_points_or_box(state, 0, 1, points=[[320, 180]], labels=[1])
-    for _ in p.propagate_in_video(state):
-        pass
-t2 = time.perf_counter()
-print(t1 - t0, t2 - t1)
-"""
-
-
-def plain_sam2(clip: Path, size: int) -> tuple[float, float]:
-    out = subprocess.run([sys.executable, "-c", _PLAIN, str(clip), str(size)], capture_output=True, text=True,
-                         cwd=tempfile.gettempdir(), env={**os.environ, "TQDM_DISABLE": "1"})
-    if out.returncode != 0:
-        sys.exit(out.stderr)
-    load, track = (float(v) for v in out.stdout.split()[-2:])
-    return load, track
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,7 +36,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clip = clip_of(long_dog(), args.frames, Path(tmp) / "clip", point=(320, 180))
         run = run_reelmask(clip, Path(tmp) / "out", sets)
-        plain_load, plain_track = plain_sam2(clip, args.image_size)
+        plain = plain_sam2(clip, args.image_size)
+        plain_load, plain_track = plain["load_s"], plain["track_s"]
 
     t = run.manifest["timings"]
     inside = t["sam2_seconds"]
