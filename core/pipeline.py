@@ -7,6 +7,7 @@ works; the CLI draws a progress bar from them, the daemon records them in SQLite
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import platform
 import shutil
@@ -139,9 +140,15 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     cfg = job.config
     started_at, t0 = utc_now(), time.perf_counter()
     check_target(out, cfg.output.overwrite)
+    prompts_id = hashlib.sha1(repr(job.prompts.objects).encode()).hexdigest()[:10]
+    plan = (f"{len(job.folder)} frames, chunks {cfg.chunking.chunk_size}/{cfg.chunking.overlap}, "
+            f"anchors {cfg.chunking.anchor_prompts}, prompts {prompts_id}")
     previous = Checkpoint.load(staging_path(out)) if resume else None
+    if previous is not None and previous.plan != plan:
+        log.warning("the partial output of %s was made with other settings; starting over", job.input.name)
+        previous = None
     stage = open_staging(out, keep=previous is not None)
-    ckpt = previous or Checkpoint()
+    ckpt = previous or Checkpoint(plan=plan)
     models = models or ModelPool()
     t_model = time.perf_counter()
     tracker = models.sam2(cfg)

@@ -24,6 +24,7 @@ class Checkpoint:
     chunk_log: dict[int, dict] = field(default_factory=dict)
     prompt_counts: dict[int, int] = field(default_factory=dict)
     handover_files: dict[str, str] = field(default_factory=dict)  # sweep -> file of its latest hand-over
+    plan: str = ""  # what the chunks were cut from; a resume with another plan starts over
 
     @classmethod
     def load(cls, stage: Path) -> "Checkpoint | None":
@@ -39,6 +40,7 @@ class Checkpoint:
             chunk_log={int(k): v for k, v in data["chunk_log"].items()},
             prompt_counts={int(k): v for k, v in data.get("prompt_counts", {}).items()},
             handover_files=dict(data.get("handover_files", {})),
+            plan=data.get("plan", ""),
         )
 
     def save(self, stage: Path, sweep: str, chunk: int, handover: dict[int, np.ndarray]) -> None:
@@ -52,7 +54,7 @@ class Checkpoint:
         write_json(stage / CHECKPOINT, {
             "done": self.done, "prompt_lines": self.prompt_lines, "frames_written": self.frames_written,
             "object_frames": self.object_frames, "chunk_log": self.chunk_log, "prompt_counts": self.prompt_counts,
-            "handover_files": self.handover_files,
+            "handover_files": self.handover_files, "plan": self.plan,
         })
         for old in stage.glob(f".handover-{sweep}-*.npz"):
             if old.name != name:
