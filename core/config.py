@@ -87,6 +87,10 @@ class ChunkingConfig:
 class DetectConfig:
     classes: tuple[str, ...] = _key([], "COCO class names or ids to detect; empty = every class")
     min_confidence: float = _key(0.5, "detections below this confidence are ignored")
+    stride: int = _key(5, "YOLO looks at every Nth frame of a chunk (and always at its first frame)")
+    match_iou: float = _key(0.3, "a detection continues an object when its box overlaps the object's mask this much")
+    lost_chunks: int = _key(2, "an object no detection confirms for this many chunks in a row ends")
+    imgsz: int = _key(640, "YOLO input size")
 
 
 @dataclass(frozen=True)
@@ -289,8 +293,13 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f'models.dtype must be "auto", "float32" or "bfloat16", got "{m.dtype}"')
     if not (m.device in ("auto", "cpu", "cuda", "mps") or m.device.startswith("cuda:")):
         raise ConfigError(f'models.device must be "auto", "cpu", "cuda" or "cuda:N", got "{m.device}"')
-    if not 0.0 <= cfg.detect.min_confidence <= 1.0:
-        raise ConfigError(f"detect.min_confidence must be between 0 and 1, got {cfg.detect.min_confidence}")
+    dc = cfg.detect
+    if not 0.0 <= dc.min_confidence <= 1.0 or not 0.0 < dc.match_iou <= 1.0:
+        raise ConfigError(f"detect.min_confidence and detect.match_iou must be between 0 and 1, "
+                          f"got {dc.min_confidence} and {dc.match_iou}")
+    if dc.stride < 1 or dc.lost_chunks < 1 or dc.imgsz < 32:
+        raise ConfigError(f"detect.stride and detect.lost_chunks must be >= 1 and detect.imgsz >= 32, "
+                          f"got {dc.stride}, {dc.lost_chunks}, {dc.imgsz}")
     o = cfg.output
     if o.preview_fps <= 0 or o.preview_max_side < 16 or not 0.0 <= o.preview_opacity <= 1.0 or o.fill_hole_area < 0:
         raise ConfigError(

@@ -113,22 +113,33 @@ class FrameFolder:
         return cls(root=root, names=tuple(names), width=width, height=height)
 
 
+def _pil_open(path: Path):
+    """PIL's own Image.open. Ultralytics replaces Image.open process-wide with a version that tries
+    to pip-install a HEIF plugin whenever a file is not an image; a corrupt frame must just fail."""
+    opener = Image.open
+    if getattr(opener, "__module__", "").startswith("ultralytics"):
+        import sys
+
+        opener = getattr(sys.modules[opener.__module__], "_image_open", opener)
+    return opener(path)
+
+
 def _image_size(path: Path) -> tuple[int, int]:
     """Width and height from the image header, with a clear error for unreadable files."""
     try:
         if path.stat().st_size == 0:
             raise FrameFolderError(f"frame {path.name} is an empty (0-byte) file; re-export or remove it")
-        with Image.open(path) as im:
+        with _pil_open(path) as im:
             im.verify()
             size = im.size
             fmt = im.format
         if fmt == "JPEG" and not _ends_like_jpeg(path):
-            with Image.open(path) as im:  # a truncated JPEG decodes to grey; make sure it is whole
+            with _pil_open(path) as im:  # a truncated JPEG decodes to grey; make sure it is whole
                 im.load()
         return size
     except FrameFolderError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as e:
         raise FrameFolderError(f"frame {path.name} cannot be read as an image ({e}); re-export or remove it") from e
 
 

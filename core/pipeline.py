@@ -22,7 +22,7 @@ from core import __version__
 from core.config import Config, read_toml, with_overrides
 from core.engine.chunks import Chunk, plan_chunks
 from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
-from core.errors import ConfigError
+from core.errors import ConfigError, ModeNotAvailable
 from core.frames import FrameFolder, FrameReader, to_model_input
 from core.modes import Mode, ModeChoice, choose_mode, require_available
 from core.outputs.folder import MANIFEST, check_target, open_staging, publish, staging_path, write_json
@@ -89,6 +89,9 @@ def prepare_job(input_dir: Path, config: Config, *, mode: str | None = None, inb
     prompts = load_prompts(folder)
     choice = choose_mode(input_dir, prompts, explicit=mode, job_mode=job_mode, inbox_mode=inbox_mode)
     require_available(choice.mode)
+    if choice.mode is Mode.DETECT and prompts.detect is not None and prompts.detect.self_train:
+        raise ModeNotAvailable("detector self-training (detect.self_train in prompts.json) is not available yet; "
+                               "set it to false to use the pretrained detector in models.yolo")
     if choice.mode is Mode.TRACK and not prompts.objects:
         raise ConfigError(
             f"track mode needs objects to follow, but {input_dir / 'prompts.json'} lists none; add "
@@ -102,6 +105,17 @@ class ModelPool:
 
     def __init__(self):
         self._sam2: dict[tuple, object] = {}
+        self._yolo: dict[tuple, object] = {}
+
+    def yolo(self, cfg: Config, device: str):
+        from core.models.yolo import Detector, resolve_yolo_path
+
+        path = resolve_yolo_path(cfg)
+        key = (str(path), path.stat().st_mtime_ns, device, cfg.detect.imgsz)
+        if key not in self._yolo:
+            self._yolo.clear()
+            self._yolo[key] = Detector(path, device=device, imgsz=cfg.detect.imgsz)
+        return self._yolo[key]
 
     def sam2(self, cfg: Config):
         from core.models.sam2_model import Sam2Tracker
@@ -143,7 +157,8 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     prompts_id = hashlib.sha1(repr(job.prompts.objects).encode()).hexdigest()[:10]
     plan = (f"{len(job.folder)} frames, chunks {cfg.chunking.chunk_size}/{cfg.chunking.overlap}, "
             f"anchors {cfg.chunking.anchor_prompts}, prompts {prompts_id}")
-    previous = Checkpoint.load(staging_path(out)) if resume else None
+    # only track mode resumes chunk by chunk so far; other modes start over
+    previous = Checkpoint.load(staging_path(out)) if resume and job.choice.mode is Mode.TRACK else None
     if previous is not None and previous.plan != plan:
         log.warning("the partial output of %s was made with other settings; starting over", job.input.name)
         previous = None
@@ -180,9 +195,12 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
                           fill_hole_area=0 if tracker.sam2_fills_holes else _hole_area_at_video_res(cfg, folder))
     writer.frames_written, writer.prompt_lines = ckpt.frames_written, ckpt.prompt_lines
     writer.object_frames = dict(ckpt.object_frames)
-    engine = TrackEngine(tracker, folder, reader, job.prompts, chunks, stage / ".backward",
-                         anchor_prompts=cfg.chunking.anchor_prompts, should_stop=should_stop,
-                         done=set(ckpt.done), handovers=ckpt.handovers(stage) if previous else None)
+    if job.choice.mode is Mode.DETECT:
+        engine = _detect_engine(job, models, tracker, reader, chunks, stage, should_stop)
+    else:
+        engine = TrackEngine(tracker, folder, reader, job.prompts, chunks, stage / ".backward",
+                             anchor_prompts=cfg.chunking.anchor_prompts, should_stop=should_stop,
+                             done=set(ckpt.done), handovers=ckpt.handovers(stage) if previous else None)
     resumed_from = None
     yield JobStarted(job.job_id, job.choice.mode, len(folder), len(chunks), ckpt.frames_written)
     try:
@@ -191,7 +209,7 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
                 writer.mask(event.frame, event.id_map)
             elif isinstance(event, PromptUsed):
                 writer.prompt(event)
-                if event.source in ("user", "mask"):
+                if event.source in ("user", "mask", "detector"):
                     ckpt.prompt_counts[event.object_id] = ckpt.prompt_counts.get(event.object_id, 0) + 1
             elif isinstance(event, ChunkStarted):
                 if previous is not None and resumed_from is None:
@@ -230,11 +248,32 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
                          started_at=started_at, total=total, model_seconds=model_seconds,
                          frame_wait=reader.wait_seconds)
     manifest["resumed_from_frame"] = resumed_from
+    detector = getattr(engine, "detector", None)
+    if detector is not None:
+        from core.models.weights import cache_dir, sha256_file
+
+        manifest["models"]["yolo"] = {"path": str(detector.path), "imgsz": detector.imgsz,
+                                      "classes": [detector.names[c] for c in engine.classes or []] or "all",
+                                      "min_confidence": engine.min_confidence, "stride": engine.stride}
+        manifest["weights"]["yolo"] = sha256_file(detector.path, cache_dir(cfg))
     Checkpoint.clear(stage)
     shutil.rmtree(stage / ".backward", ignore_errors=True)
     write_json(stage / MANIFEST, manifest)
     publish(stage, out, cfg.output.overwrite)
     yield JobFinished(out, manifest)
+
+
+def _detect_engine(job: PreparedJob, models: ModelPool, tracker, reader, chunks, stage: Path, should_stop):
+    from core.engine.detect import DetectEngine
+
+    cfg, request = job.config, job.prompts.detect
+    classes = list(request.classes) if request and request.classes is not None else list(cfg.detect.classes)
+    conf = request.min_confidence if request and request.min_confidence is not None else cfg.detect.min_confidence
+    device = "cpu" if tracker.device.type == "cpu" else str(tracker.device)
+    detector = models.yolo(cfg, device)
+    return DetectEngine(tracker, detector, job.folder, reader, chunks, stage / ".detect",
+                        classes=detector.class_ids(classes), min_confidence=conf, stride=cfg.detect.stride,
+                        match_iou=cfg.detect.match_iou, lost_chunks=cfg.detect.lost_chunks, should_stop=should_stop)
 
 
 def _hole_area_at_video_res(cfg: Config, folder: FrameFolder) -> int:
@@ -262,10 +301,12 @@ def _manifest(job: PreparedJob, out: Path, chunks: list[Chunk], chunk_log: dict,
               writer: OutputWriter, prompt_counts: dict[int, int], *, started_at: str, total: float,
               model_seconds: float, frame_wait: float) -> dict:
     folder, prompts = job.folder, job.prompts
+    ids = sorted(set(prompts.object_ids) | set(writer.object_frames))
     objects = [
-        {"id": o, "first_prompt_frame": prompts.first_frame(o), "user_prompts": len(prompts.for_object(o)),
-         "prompts_given": prompt_counts.get(o, 0), "frames_with_mask": writer.object_frames.get(o, 0)}
-        for o in prompts.object_ids
+        {"id": o, "first_prompt_frame": prompts.first_frame(o) if o in prompts.object_ids else None,
+         "user_prompts": len(prompts.for_object(o)), "prompts_given": prompt_counts.get(o, 0),
+         "frames_with_mask": writer.object_frames.get(o, 0)}
+        for o in ids
     ]
     w = tracker.weights
     return {
