@@ -94,6 +94,30 @@ class DetectConfig:
 
 
 @dataclass(frozen=True)
+class PromptlessConfig:
+    keyframe_every: int = _key(25, "automatic masks on frame 0 and every Nth frame; new regions become objects")
+    points_per_side: int = _key(32, "automatic mask generator: grid of points per image side")
+    pred_iou_thresh: float = _key(0.8, "automatic mask generator: keep masks SAM2 rates at least this good")
+    stability_thresh: float = _key(0.95, "automatic mask generator: keep masks at least this stable")
+    min_area: int = _key(100, "regions smaller than this many pixels are not objects")
+    max_objects: int = _key(50, "at most this many objects per video")
+    merge_iou: float = _key(0.9, "candidate regions overlapping more than this are one object")
+    covered: float = _key(0.5, "a region this much inside already tracked objects is not new")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    keyframe_every: int = _key(10, "use every Nth frame that has a mask in masks/ as a keyframe")
+    prompt: str = _key("points", '"points" (sampled inside each mask component, as the seed does) or "mask"')
+    max_points: int = _key(64, "cap on the max(10, 1% of area) points sampled per component")
+    filter_threshold: float = _key(0.08, "with diffs/: components whose mean difference (0..1) is below this are dropped")
+    min_area: int = _key(50, "mask components smaller than this many pixels are ignored")
+    max_objects: int = _key(100, "at most this many objects per video")
+    merge_iou: float = _key(0.9, "components overlapping more than this are one object")
+    covered: float = _key(0.5, "a component this much inside already tracked objects is not new")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     preview: bool = _key(True, "write preview.mp4 with the masks drawn over the frames")
     preview_fps: float = _key(25.0, "frame rate of preview.mp4")
@@ -118,6 +142,8 @@ SECTIONS: dict[str, type] = {
     "models": ModelsConfig,
     "chunking": ChunkingConfig,
     "detect": DetectConfig,
+    "promptless": PromptlessConfig,
+    "refine": RefineConfig,
     "output": OutputConfig,
     "daemon": DaemonConfig,
 }
@@ -130,6 +156,8 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+    promptless: PromptlessConfig = field(default_factory=PromptlessConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     base_dir: Path = field(default_factory=Path.cwd, compare=False)
@@ -307,6 +335,16 @@ def _validate(cfg: Config) -> Config:
             f"and output.fill_hole_area >= 0; got {o.preview_fps}, {o.preview_max_side}, "
             f"{o.preview_opacity}, {o.fill_hole_area}"
         )
+    for name in ("promptless", "refine"):
+        k = getattr(cfg, name)
+        if k.keyframe_every < 1 or k.min_area < 0 or k.max_objects < 1 or not 0 < k.merge_iou <= 1 \
+                or not 0 < k.covered <= 1:
+            raise ConfigError(f"{name}.keyframe_every and {name}.max_objects must be >= 1, {name}.min_area >= 0, "
+                              f"{name}.merge_iou and {name}.covered in (0, 1]")
+    if cfg.refine.prompt not in ("points", "mask"):
+        raise ConfigError(f'refine.prompt must be "points" or "mask", got "{cfg.refine.prompt}"')
+    if cfg.refine.max_points < 1 or cfg.promptless.points_per_side < 1:
+        raise ConfigError("refine.max_points and promptless.points_per_side must be >= 1")
     d = cfg.daemon
     if not d.devices or min(d.tick_seconds, d.progress_seconds, d.sample_seconds) <= 0 or d.stop_seconds < 0:
         raise ConfigError("daemon.devices must list at least one device and the daemon.*_seconds keys must be > 0")

@@ -28,7 +28,7 @@ class Mode(str, enum.Enum):
 
 
 # Modes whose pipelines exist in this build. The rest fail with ModeNotAvailable.
-AVAILABLE = {Mode.TRACK, Mode.DETECT}
+AVAILABLE = {Mode.TRACK, Mode.DETECT, Mode.PROMPTLESS, Mode.REFINE}
 
 
 @dataclass(frozen=True)
@@ -68,5 +68,5 @@ def require_available(mode: Mode) -> None:
         ready = ", ".join(m.value for m in Mode if m in AVAILABLE)
         raise ModeNotAvailable(
             f"mode '{mode.value}' is not available yet in this version of reelmask (available: {ready}); "
-            "use --mode track (objects in prompts.json) or --mode detect (classes to find)"
+            "choose another with --mode"
         )

@@ -97,7 +97,20 @@ def prepare_job(input_dir: Path, config: Config, *, mode: str | None = None, inb
             f"track mode needs objects to follow, but {input_dir / 'prompts.json'} lists none; add "
             '{"objects": [{"id": 1, "frame": 0, "points": [[x, y]], "labels": [1]}]}'
         )
+    if choice.mode is Mode.REFINE:
+        if not (input_dir / "masks").is_dir():
+            raise ConfigError(f"refine mode needs a masks/ folder in {input_dir} with a mask per frame "
+                              "(named after the frames)")
+        _mask_regions(folder, config)  # checks the masks are named after frames
     return PreparedJob(job_id or uuid.uuid4().hex[:12], input_dir, folder, prompts, choice, config)
+
+
+def _mask_regions(folder: FrameFolder, cfg: Config):
+    from core.engine.regions import MaskRegions
+
+    r = cfg.refine
+    return MaskRegions(folder, every=r.keyframe_every, min_area=r.min_area, filter_threshold=r.filter_threshold,
+                       max_points=r.max_points, prompt=r.prompt, seed=cfg.models.seed)
 
 
 class ModelPool:
@@ -197,6 +210,8 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     writer.object_frames = dict(ckpt.object_frames)
     if job.choice.mode is Mode.DETECT:
         engine = _detect_engine(job, models, tracker, reader, chunks, stage, should_stop)
+    elif job.choice.mode in (Mode.PROMPTLESS, Mode.REFINE):
+        engine = _keyframe_engine(job, tracker, reader, chunks, should_stop)
     else:
         engine = TrackEngine(tracker, folder, reader, job.prompts, chunks, stage / ".backward",
                              anchor_prompts=cfg.chunking.anchor_prompts, should_stop=should_stop,
@@ -248,6 +263,10 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
                          started_at=started_at, total=total, model_seconds=model_seconds,
                          frame_wait=reader.wait_seconds)
     manifest["resumed_from_frame"] = resumed_from
+    dropped = getattr(getattr(engine, "source", None), "dropped", 0)
+    if dropped:
+        manifest["warnings"].append(f"refine: {dropped} mask component(s) had a mean difference under "
+                                    f"refine.filter_threshold ({cfg.refine.filter_threshold}) and were dropped")
     detector = getattr(engine, "detector", None)
     if detector is not None:
         from core.models.weights import cache_dir, sha256_file
@@ -274,6 +293,22 @@ def _detect_engine(job: PreparedJob, models: ModelPool, tracker, reader, chunks,
     return DetectEngine(tracker, detector, job.folder, reader, chunks, stage / ".detect",
                         classes=detector.class_ids(classes), min_confidence=conf, stride=cfg.detect.stride,
                         match_iou=cfg.detect.match_iou, lost_chunks=cfg.detect.lost_chunks, should_stop=should_stop)
+
+
+def _keyframe_engine(job: PreparedJob, tracker, reader, chunks, should_stop):
+    from core.engine.keyframes import KeyframeEngine
+    from core.engine.regions import AutomaticRegions
+
+    cfg = job.config
+    if job.choice.mode is Mode.REFINE:
+        source, k = _mask_regions(job.folder, cfg), cfg.refine
+    else:
+        k = cfg.promptless
+        source = AutomaticRegions(tracker.predictor, job.folder, every=k.keyframe_every, min_area=k.min_area,
+                                  points_per_side=k.points_per_side, pred_iou_thresh=k.pred_iou_thresh,
+                                  stability_thresh=k.stability_thresh)
+    return KeyframeEngine(tracker, job.folder, reader, chunks, source, merge_iou=k.merge_iou, covered=k.covered,
+                          max_objects=k.max_objects, should_stop=should_stop)
 
 
 def _hole_area_at_video_res(cfg: Config, folder: FrameFolder) -> int:
