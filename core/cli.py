@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from core.engine.events import ChunkStarted, EngineWarning, FrameResult
+    from core.engine.events import ChunkStarted, EngineWarning, FrameResult, Phase
     from core.pipeline import JobFinished, JobStarted, prepare_job, run_job
 
     cfg = _config(args)
@@ -101,6 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 bar.update(task, description=f"{job.choice.mode.value} {src.name} · chunk {event.chunk} {event.sweep}")
             elif isinstance(event, EngineWarning):
                 console.print(f"[yellow]warning:[/] {event.message}")
+            elif isinstance(event, Phase):
+                console.print(f"[cyan]{event.name}[/]")
+                bar.update(task, description=f"{job.choice.mode.value} {src.name} · {event.name.split(' (')[0]}")
             elif isinstance(event, JobFinished):
                 finished = event
     if finished is None:

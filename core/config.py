@@ -90,7 +90,14 @@ class DetectConfig:
     stride: int = _key(5, "YOLO looks at every Nth frame of a chunk (and always at its first frame)")
     match_iou: float = _key(0.3, "a detection continues an object when its box overlaps the object's mask this much")
     lost_chunks: int = _key(2, "an object no detection confirms for this many chunks in a row ends")
+    max_objects: int = _key(20, "at most this many objects tracked at once (the most confident detections win)")
     imgsz: int = _key(640, "YOLO input size")
+    self_train: bool = _key(False, "train the detector on SAM2 masks of the first frames (objects from prompts.json) first")
+    train_frames: int = _key(250, "self-training: how many first frames become the detector's dataset")
+    train_epochs: int = _key(300, "self-training: YOLO epochs")
+    train_patience: int = _key(50, "self-training: stop after this many epochs without improvement")
+    train_imgsz: int = _key(640, "self-training: YOLO training image size")
+    train_batch: int = _key(16, "self-training: YOLO batch size")
 
 
 @dataclass(frozen=True)
@@ -325,9 +332,12 @@ def _validate(cfg: Config) -> Config:
     if not 0.0 <= dc.min_confidence <= 1.0 or not 0.0 < dc.match_iou <= 1.0:
         raise ConfigError(f"detect.min_confidence and detect.match_iou must be between 0 and 1, "
                           f"got {dc.min_confidence} and {dc.match_iou}")
-    if dc.stride < 1 or dc.lost_chunks < 1 or dc.imgsz < 32:
-        raise ConfigError(f"detect.stride and detect.lost_chunks must be >= 1 and detect.imgsz >= 32, "
-                          f"got {dc.stride}, {dc.lost_chunks}, {dc.imgsz}")
+    if dc.train_frames < 2 or dc.train_epochs < 1 or dc.train_patience < 1 or dc.train_imgsz < 32 or dc.train_batch < 1:
+        raise ConfigError("detect.train_frames must be >= 2, detect.train_epochs, train_patience, train_batch >= 1 "
+                          "and detect.train_imgsz >= 32")
+    if dc.stride < 1 or dc.lost_chunks < 1 or dc.imgsz < 32 or dc.max_objects < 1:
+        raise ConfigError(f"detect.stride, detect.lost_chunks and detect.max_objects must be >= 1 and "
+                          f"detect.imgsz >= 32, got {dc.stride}, {dc.lost_chunks}, {dc.max_objects}, {dc.imgsz}")
     o = cfg.output
     if o.preview_fps <= 0 or o.preview_max_side < 16 or not 0.0 <= o.preview_opacity <= 1.0 or o.fill_hole_area < 0:
         raise ConfigError(

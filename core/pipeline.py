@@ -7,6 +7,7 @@ works; the CLI draws a progress bar from them, the daemon records them in SQLite
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import platform
@@ -22,7 +23,7 @@ from core import __version__
 from core.config import Config, read_toml, with_overrides
 from core.engine.chunks import Chunk, plan_chunks
 from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
-from core.errors import ConfigError, ModeNotAvailable
+from core.errors import ConfigError
 from core.frames import FrameFolder, FrameReader, to_model_input
 from core.modes import Mode, ModeChoice, choose_mode, require_available
 from core.outputs.folder import MANIFEST, check_target, open_staging, publish, staging_path, write_json
@@ -89,9 +90,9 @@ def prepare_job(input_dir: Path, config: Config, *, mode: str | None = None, inb
     prompts = load_prompts(folder)
     choice = choose_mode(input_dir, prompts, explicit=mode, job_mode=job_mode, inbox_mode=inbox_mode)
     require_available(choice.mode)
-    if choice.mode is Mode.DETECT and prompts.detect is not None and prompts.detect.self_train:
-        raise ModeNotAvailable("detector self-training (detect.self_train in prompts.json) is not available yet; "
-                               "set it to false to use the pretrained detector in models.yolo")
+    if choice.mode is Mode.DETECT and _self_train(prompts, config) and not prompts.objects:
+        raise ConfigError("detector self-training needs the object(s) to learn: add \"objects\" with points or "
+                          "boxes on the first frames to prompts.json (and keep \"mode\": \"detect\")")
     if choice.mode is Mode.TRACK and not prompts.objects:
         raise ConfigError(
             f"track mode needs objects to follow, but {input_dir / 'prompts.json'} lists none; add "
@@ -268,31 +269,58 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
         manifest["warnings"].append(f"refine: {dropped} mask component(s) had a mean difference under "
                                     f"refine.filter_threshold ({cfg.refine.filter_threshold}) and were dropped")
     detector = getattr(engine, "detector", None)
-    if detector is not None:
+    if detector is not None and getattr(detector, "path", None) is not None:
         from core.models.weights import cache_dir, sha256_file
 
-        manifest["models"]["yolo"] = {"path": str(detector.path), "imgsz": detector.imgsz,
+        trained_path = out / "detector.pt" if getattr(engine, "trained", None) else detector.path
+        manifest["models"]["yolo"] = {"path": str(trained_path), "imgsz": detector.imgsz,
                                       "classes": [detector.names[c] for c in engine.classes or []] or "all",
                                       "min_confidence": engine.min_confidence, "stride": engine.stride}
         manifest["weights"]["yolo"] = sha256_file(detector.path, cache_dir(cfg))
+    trained = getattr(engine, "trained", None)
+    if trained is not None:  # the self-trained detector is part of the result
+        shutil.copyfile(trained, stage / "detector.pt")
+        manifest["models"]["yolo_self_trained"] = {"path": str(out / "detector.pt"),
+                                                  "train_frames": engine.train_frames,
+                                                  "settings": dataclasses.asdict(engine.settings)}
     Checkpoint.clear(stage)
-    shutil.rmtree(stage / ".backward", ignore_errors=True)
+    for scratch in stage.glob(".*"):  # hand-over partials, datasets, training runs
+        shutil.rmtree(scratch, ignore_errors=True) if scratch.is_dir() else scratch.unlink(missing_ok=True)
     write_json(stage / MANIFEST, manifest)
     publish(stage, out, cfg.output.overwrite)
     yield JobFinished(out, manifest)
+
+
+def _self_train(prompts: Prompts, cfg: Config) -> bool:
+    request = prompts.detect
+    return request.self_train if request is not None and request.self_train is not None else cfg.detect.self_train
 
 
 def _detect_engine(job: PreparedJob, models: ModelPool, tracker, reader, chunks, stage: Path, should_stop):
     from core.engine.detect import DetectEngine
 
     cfg, request = job.config, job.prompts.detect
-    classes = list(request.classes) if request and request.classes is not None else list(cfg.detect.classes)
-    conf = request.min_confidence if request and request.min_confidence is not None else cfg.detect.min_confidence
+    d = cfg.detect
+    classes = list(request.classes) if request and request.classes is not None else list(d.classes)
+    conf = request.min_confidence if request and request.min_confidence is not None else d.min_confidence
     device = "cpu" if tracker.device.type == "cpu" else str(tracker.device)
+    options = {"min_confidence": conf, "stride": d.stride, "match_iou": d.match_iou, "lost_chunks": d.lost_chunks,
+               "max_objects": d.max_objects}
+    if _self_train(job.prompts, cfg):
+        from core.engine.selftrain import SelfTrainingDetect
+        from core.models.yolo import Detector, resolve_yolo_path
+        from core.models.yolo_train import TrainSettings
+
+        settings = TrainSettings(d.train_epochs, d.train_patience, d.train_imgsz, d.train_batch, device)
+        return SelfTrainingDetect(
+            tracker, job.folder, reader, job.prompts, work=stage / ".selftrain", chunk_size=cfg.chunking.chunk_size,
+            overlap=cfg.chunking.overlap, anchor_prompts=cfg.chunking.anchor_prompts, train_frames=d.train_frames,
+            base_weights=resolve_yolo_path(cfg), settings=settings, class_name=(classes or ["object"])[0],
+            make_detector=lambda path: Detector(path, device=device, imgsz=d.imgsz), detect_options=options,
+            should_stop=should_stop)
     detector = models.yolo(cfg, device)
     return DetectEngine(tracker, detector, job.folder, reader, chunks, stage / ".detect",
-                        classes=detector.class_ids(classes), min_confidence=conf, stride=cfg.detect.stride,
-                        match_iou=cfg.detect.match_iou, lost_chunks=cfg.detect.lost_chunks, should_stop=should_stop)
+                        classes=detector.class_ids(classes), should_stop=should_stop, **options)
 
 
 def _keyframe_engine(job: PreparedJob, tracker, reader, chunks, should_stop):

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 from core.config import Config
-from core.engine.events import ChunkFinished, ChunkStarted, FrameResult
+from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, Phase
 from core.errors import Cancelled, ReelmaskError
 from core.outputs.folder import staging_path
 from core.pipeline import JobFinished, JobStarted, ModelPool, prepare_job, run_job
@@ -222,6 +222,10 @@ class _Progress:
         elif isinstance(event, ChunkStarted):
             self.chunk = (event.sweep, event.chunk, event.start, event.end - 1)
             self.store.set_chunk(self.job_id, event.sweep, event.chunk, event.start, event.end - 1, "running")
+        elif isinstance(event, Phase):
+            self.store.log("info", event.name, self.job_id)
+        elif isinstance(event, EngineWarning):
+            self.store.log("warning", event.message, self.job_id)
         elif isinstance(event, ChunkFinished):
             self.store.set_chunk(self.job_id, event.sweep, event.chunk, event.start, event.end - 1, "done",
                                  round(event.seconds, 3))

@@ -14,7 +14,6 @@ from core.config import load_config
 from core.engine.chunks import plan_chunks
 from core.engine.detect import DetectEngine, box_iou, mask_box_iou, match_tracks
 from core.engine.events import FrameResult, PromptUsed
-from core.errors import ModeNotAvailable
 from core.frames import FrameFolder, FrameReader
 from core.models.yolo import Detection
 from core.pipeline import prepare_job, run_job
@@ -193,7 +192,52 @@ def test_detect_mode_end_to_end_on_the_dog_clip(tmp_path: Path, model_pool):
     assert len({u["chunk"] for u in boxes}) >= 4
 
 
-def test_self_training_is_refused_up_front(tmp_path: Path):
+def test_yolo_dataset_from_masks(tmp_path: Path):
+    from core.models.yolo_train import YoloDataset, mask_boxes
+
+    ids = np.zeros((40, 80), np.uint8)
+    ids[10:30, 20:60] = 3
+    ids[0:2, 0:2] = 4                                  # too small to be a training box
+    assert mask_boxes(ids) == [(3, 0.5, 0.5, 0.5, 0.5)]
+    frame = tmp_path / "0.jpg"
+    cv2.imwrite(str(frame), np.zeros((40, 80, 3), np.uint8))
+    ds = YoloDataset(tmp_path / "ds", "dog", val_every=2)
+    ds.add(0, frame, ids)
+    ds.add(1, frame, np.zeros_like(ids))
+    assert (tmp_path / "ds" / "labels" / "train" / "000000.txt").read_text() == "0 0.500000 0.500000 0.500000 0.500000\n"
+    assert (tmp_path / "ds" / "labels" / "val" / "000001.txt").read_text() == ""
+    assert (tmp_path / "ds" / "images" / "train" / "000000.jpg").resolve() == frame.resolve()
+    assert "0: dog" in ds.write_yaml().read_text()
+
+
+def test_self_training_then_detecting(tmp_path: Path, model_pool):
+    """Track the pointed-at object through the first frames, train YOLO on those masks (1 epoch,
+    64 px), then detect the rest with it. Random SAM2 weights make the labels meaningless; the path
+    (dataset outside the input, training, hand-over to detect mode, outputs) is what is checked."""
+    clip = make_clip(tmp_path / "clip", n=14, size=(96, 64), prompts={
+        "objects": [{"id": 3, "frame": 0, "points": [[14, 22]], "labels": [1]}],
+        "detect": {"self_train": True}, "mode": "detect"})
+    before = sorted(p.name for p in clip.rglob("*"))
+    cfg = load_config(None, [*FAST, "chunking.chunk_size=5", f"models.yolo={data_path(*YOLO_FILE)}",
+                             "detect.train_frames=6", "detect.train_epochs=1", "detect.train_imgsz=64",
+                             "detect.train_batch=2", "detect.min_confidence=0.3"], use_default_path=False)
+    out = tmp_path / "out"
+    events = list(run_job(prepare_job(clip, cfg), out, models=model_pool))
+    manifest = events[-1].manifest
+    assert sorted(p.name for p in clip.rglob("*")) == before          # nothing written into the input
+    assert len(list((out / "masks").glob("*.png"))) == 14
+    assert (out / "detector.pt").is_file() and manifest["models"]["yolo_self_trained"]["train_frames"] == 6
+    from ultralytics import YOLO
+    assert YOLO(str(out / "detector.pt")).names == {0: "object"}
+    phases = [e.name for e in events if type(e).__name__ == "Phase"]
+    assert phases and phases[0].startswith("training the detector")
+    used = [json.loads(x) for x in (out / "prompts_used.jsonl").read_text().splitlines()]
+    assert used[0]["source"] == "user" and used[0]["object_id"] == 3
+    assert {u["source"] for u in used if u["chunk"] >= 2} <= {"handover", "detector"}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_self_training_needs_objects(tmp_path: Path):
     clip = make_clip(tmp_path / "c", n=3, prompts={"detect": {"classes": ["dog"], "self_train": True}})
-    with pytest.raises(ModeNotAvailable, match="self-training"):
+    with pytest.raises(Exception, match="self-training needs the object"):
         prepare_job(clip, load_config(None, list(FAST), use_default_path=False))

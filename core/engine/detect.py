@@ -85,25 +85,34 @@ class _ChunkPlan:
 class DetectEngine:
     def __init__(self, tracker, detector, folder: FrameFolder, reader: FrameReader, chunks: list[Chunk],
                  scratch: Path, *, classes: list[int] | None, min_confidence: float, stride: int,
-                 match_iou: float, lost_chunks: int, should_stop: Callable[[], bool] = lambda: False):
+                 match_iou: float, lost_chunks: int, max_objects: int = 20,
+                 should_stop: Callable[[], bool] = lambda: False,
+                 handover: dict[int, np.ndarray] | None = None, next_id: int = 1, first_emit: int | None = None):
         self.tracker, self.detector, self.folder, self.reader = tracker, detector, folder, reader
         self.chunks, self.scratch = chunks, scratch
         self.classes, self.min_confidence, self.stride = classes, min_confidence, stride
         self.match_iou, self.lost_chunks, self.should_stop = match_iou, lost_chunks, should_stop
-        self.next_id = 1
+        self.max_objects = min(max_objects, MAX_OBJECT_ID)
+        self.next_id = next_id
         self.unseen: dict[int, int] = {}  # object -> chunks in a row without a confirming detection
+        self.initial = dict(handover or {})  # masks on the first chunk's first frame (after self-training)
+        self.first_emit = first_emit         # frames before it are already written
 
     def run(self) -> Iterator[object]:
-        handover: dict[int, np.ndarray] = {}
-        for chunk in self.chunks:
+        handover = self.initial
+        for pos, chunk in enumerate(self.chunks):
             detections = self._key_frame_detections(chunk)
             plan, notes = self._plan(chunk, detections, handover)
             for note in notes:
                 yield note
-            following = self.chunks[chunk.index + 1] if chunk.index + 1 < len(self.chunks) else None
+            following = self.chunks[pos + 1] if pos + 1 < len(self.chunks) else None
             edge = forward_handover_frame(chunk, following) if following else None
+            if pos == 0:
+                emit_from = chunk.start if self.first_emit is None else self.first_emit
+            else:
+                emit_from = self.chunks[pos - 1].end
             handover = {}
-            yield from self._run_chunk(chunk, plan, edge, handover)
+            yield from self._run_chunk(chunk, plan, edge, handover, emit_from)
 
     def _key_frame_detections(self, chunk: Chunk) -> list[Detection]:
         """Every detection on the chunk's first looked-at frame that has any: the stride first,
@@ -142,9 +151,10 @@ class DetectEngine:
             det = track[0]
             obj = matched.get(ti)
             if obj is None:
-                if self.next_id > MAX_OBJECT_ID:
-                    notes.append(EngineWarning(f"more than {MAX_OBJECT_ID} objects: detection on frame "
-                                               f"{det.frame} ignored", frame=det.frame))
+                if len(plan.first) >= self.max_objects or self.next_id > MAX_OBJECT_ID:
+                    notes.append(EngineWarning(f"object limit (detect.max_objects = {self.max_objects}) reached: "
+                                               f"a {det.class_name} ({det.confidence:.2f}) on frame {det.frame} "
+                                               "is not tracked", frame=det.frame))
                     continue
                 obj, self.next_id = self.next_id, self.next_id + 1
                 self.unseen[obj] = 0
@@ -160,10 +170,9 @@ class DetectEngine:
     # ------------------------------------------------------------------ SAM2 on one chunk
 
     def _run_chunk(self, chunk: Chunk, plan: _ChunkPlan, edge: int | None,
-                   handover_out: dict[int, np.ndarray]) -> Iterator[object]:
+                   handover_out: dict[int, np.ndarray], emit_from: int) -> Iterator[object]:
         began = time.perf_counter()
         yield ChunkStarted(chunk.index, chunk.start, chunk.end, "forward")
-        emit_from = chunk.start if chunk.index == 0 else self.chunks[chunk.index - 1].end
         emitted = 0
         if not plan.first:
             empty = np.zeros((self.folder.height, self.folder.width), np.uint8)

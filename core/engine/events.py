@@ -54,3 +54,10 @@ class EngineWarning:
     message: str
     frame: int | None = None
     object_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stage of a job that is not frame-by-frame work (e.g. training the detector)."""
+
+    name: str

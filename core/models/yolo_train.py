@@ -1,0 +1,92 @@
+"""Training an Ultralytics detector from masks: the YOLO dataset and the training run.
+
+Used by detect mode's self-training (SAM2 masks of the first frames become the dataset) and, later,
+by `reelmask train yolo`. The dataset always lives in a work folder of ours, never in the input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+def mask_boxes(id_map: np.ndarray, min_area: int = 16) -> list[tuple[int, float, float, float, float]]:
+    """(object id, x centre, y centre, width, height), normalised, for each object in an id map."""
+    h, w = id_map.shape
+    out = []
+    for obj in np.unique(id_map):
+        if obj == 0:
+            continue
+        ys, xs = np.nonzero(id_map == obj)
+        if xs.size < min_area:
+            continue
+        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+        out.append((int(obj), (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h))
+    return out
+
+
+class YoloDataset:
+    """A YOLO-format dataset built frame by frame: images are links to the frames, labels ours."""
+
+    def __init__(self, root: Path, class_name: str = "object", val_every: int = 5):
+        self.root, self.class_name, self.val_every = root, class_name, val_every
+        for split in ("train", "val"):
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        self.counts = {"train": 0, "val": 0}
+
+    def add(self, index: int, image: Path, id_map: np.ndarray) -> None:
+        split = "val" if index % self.val_every == self.val_every - 1 else "train"
+        link = self.root / "images" / split / f"{index:06d}{image.suffix.lower()}"
+        if not link.exists():
+            os.symlink(image.resolve(), link)
+        lines = [f"0 {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}" for _, x, y, bw, bh in mask_boxes(id_map)]
+        (self.root / "labels" / split / f"{index:06d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        self.counts[split] += 1
+
+    def write_yaml(self) -> Path:
+        if self.counts["val"] == 0:  # tiny sets: validate on the training images
+            val = "images/train"
+        else:
+            val = "images/val"
+        path = self.root / "data.yaml"
+        path.write_text(f"path: {self.root}\ntrain: images/train\nval: {val}\nnames:\n  0: {self.class_name}\n")
+        return path
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    patience: int
+    imgsz: int
+    batch: int
+    device: str
+    workers: int = 2
+
+
+def train_detector(base: Path, data_yaml: Path, out_dir: Path, s: TrainSettings) -> Path:
+    """Fine-tune `base` on the dataset; returns the best weights."""
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ultralytics import YOLO
+
+    model = YOLO(str(base), task="detect")
+    try:
+        model.train(data=str(data_yaml), epochs=s.epochs, patience=s.patience, imgsz=s.imgsz, batch=s.batch,
+                    device=s.device, workers=s.workers, project=str(out_dir), name="yolo", exist_ok=True,
+                    plots=False, verbose=False, amp=s.device != "cpu")
+    except Exception as e:
+        raise ModelError(f"YOLO training on {data_yaml.parent} failed: {e}") from e
+    weights = out_dir / "yolo" / "weights"
+    for name in ("best.pt", "last.pt"):
+        if (weights / name).is_file():
+            return weights / name
+    raise ModelError(f"YOLO training wrote no weights into {weights}")
