@@ -241,3 +241,32 @@ def test_self_training_needs_objects(tmp_path: Path):
     clip = make_clip(tmp_path / "c", n=3, prompts={"detect": {"classes": ["dog"], "self_train": True}})
     with pytest.raises(Exception, match="self-training needs the object"):
         prepare_job(clip, load_config(None, list(FAST), use_default_path=False))
+
+
+class EnteringDetector(DiscDetector):
+    """Disc A all along; disc B only from frame 9 on (it enters mid-chunk)."""
+
+    def detect(self, frames, classes, min_confidence):
+        out = []
+        for f, _ in frames:
+            for name, (cx, cy) in _disc_centres(f, self.n).items():
+                if name == "A" or f >= 9:
+                    out.append(Detection(f, (cx - 12, cy - 12, cx + 12, cy + 12), 0.9, 0, "disc"))
+        return out
+
+
+def test_an_object_entering_mid_chunk_is_prompted_where_it_is_found(tmp_path: Path):
+    n = 20
+    folder = FrameFolder.scan(make_clip(tmp_path / "c", n=n, size=(160, 120)))
+    reader = FrameReader(folder, lambda rgb: rgb, prefetch=0)
+    engine = DetectEngine(DiscTracker(n, (120, 160)), EnteringDetector(n), folder, reader, plan_chunks(n, 8, 1),
+                          tmp_path / "scratch", classes=None, min_confidence=0.5, stride=3, match_iou=0.3,
+                          lost_chunks=2)
+    events = list(engine.run())
+    reader.close()
+    prompts = [(e.frame, e.object_id) for e in events if isinstance(e, PromptUsed) and e.source == "detector"]
+    assert (10, 2) in prompts            # first looked-at frame (stride 3 from 7) after it enters, in chunk [7, 15)
+    frames = {e.frame: set(np.unique(e.id_map)) - {0} for e in events if isinstance(e, FrameResult)}
+    assert sorted(frames) == list(range(n))
+    assert all(frames[f] == {1} for f in range(10)) and all(frames[f] == {1, 2} for f in range(10, n))
+    assert {o for _, o in prompts} == {1, 2}               # the later detections correct, never duplicate

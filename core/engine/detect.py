@@ -9,8 +9,10 @@ to the chunk start and forward to its end. A chunk without detections continues 
 hand-over masks; one with neither is a warning and gets empty masks. Objects no detection
 confirms for `detect.lost_chunks` chunks in a row end.
 
-Within a chunk SAM2 itself keeps identities; detections on later frames are not used (objects
-that enter mid-chunk are found at the next chunk's key frame).
+On the later looked-at frames of a chunk the propagation pauses: detections that overlap an object
+SAM2 is tracking there correct that object with their box; the others are objects that entered
+mid-chunk and are prompted from that frame on. So identities inside a chunk come from SAM2 itself,
+and every detection prompts SAM2 on the frame where it was found.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ class DetectEngine:
     def run(self) -> Iterator[object]:
         handover = self.initial
         for pos, chunk in enumerate(self.chunks):
-            detections = self._key_frame_detections(chunk)
+            detections, later = self._scan(chunk)
             plan, notes = self._plan(chunk, detections, handover)
             for note in notes:
                 yield note
@@ -112,22 +114,35 @@ class DetectEngine:
             else:
                 emit_from = self.chunks[pos - 1].end
             handover = {}
-            yield from self._run_chunk(chunk, plan, edge, handover, emit_from)
+            yield from self._run_chunk(chunk, plan, edge, handover, emit_from, later)
+
+    def _scan(self, chunk: Chunk) -> tuple[list[Detection], dict[int, list[Detection]]]:
+        """Detections on the chunk's key frame (the first looked-at frame with any), and those on the
+        later looked-at frames. Every `stride`-th frame is looked at; when none of them has a match,
+        every other frame is tried until one has, so a chunk is given up on only when none has."""
+        looked = list(range(chunk.start, chunk.end, self.stride))
+        found = self._detect(looked)
+        if not found:
+            rest = [f for f in range(chunk.start, chunk.end) if f not in looked]
+            for i in range(0, len(rest), 8):
+                found = self._detect(rest[i:i + 8])
+                if found:
+                    break
+        if not found:
+            return [], {}
+        key = min(d.frame for d in found)
+        later: dict[int, list[Detection]] = {}
+        for d in found:
+            if d.frame != key:
+                later.setdefault(d.frame, []).append(d)
+        return [d for d in found if d.frame == key], later
 
     def _key_frame_detections(self, chunk: Chunk) -> list[Detection]:
-        """Every detection on the chunk's first looked-at frame that has any: the stride first,
-        then every remaining frame, so a chunk is given up on only when no frame has a match."""
-        looked = list(range(chunk.start, chunk.end, self.stride))
-        rest = [f for f in range(chunk.start, chunk.end) if f not in looked]
-        for frames in (looked, rest):
-            for i in range(0, len(frames), 8):
-                part = frames[i:i + 8]
-                found = self.detector.detect([(f, decode_rgb(self.folder.path(f))) for f in part],
-                                             self.classes, self.min_confidence)
-                if found:
-                    key = min(d.frame for d in found)
-                    return [d for d in found if d.frame == key]
-        return []
+        return self._scan(chunk)[0]
+
+    def _detect(self, frames: list[int]) -> list[Detection]:
+        return self.detector.detect([(f, decode_rgb(self.folder.path(f))) for f in frames],
+                                    self.classes, self.min_confidence)
 
     # ------------------------------------------------------------------ prompts for one chunk
 
@@ -169,8 +184,8 @@ class DetectEngine:
 
     # ------------------------------------------------------------------ SAM2 on one chunk
 
-    def _run_chunk(self, chunk: Chunk, plan: _ChunkPlan, edge: int | None,
-                   handover_out: dict[int, np.ndarray], emit_from: int) -> Iterator[object]:
+    def _run_chunk(self, chunk: Chunk, plan: _ChunkPlan, edge: int | None, handover_out: dict[int, np.ndarray],
+                   emit_from: int, later: dict[int, list[Detection]]) -> Iterator[object]:
         began = time.perf_counter()
         yield ChunkStarted(chunk.index, chunk.start, chunk.end, "forward")
         emitted = 0
@@ -207,22 +222,62 @@ class DetectEngine:
                 else:
                     partial[f] = self.scratch / f"{f:08d}.png"
                     cv2.imwrite(str(partial[f]), ids)
-        for local, _ids, logits in self.tracker.propagate(state, lo - chunk.start, chunk.end - 1 - lo, False):
-            self._check_stop()
-            f = chunk.start + local
-            if f == edge:
-                for o in logits.obj_ids:
-                    handover_out[o] = logits.mask(o)
-            if f < emit_from:
-                continue
-            ids = logits.id_map({o for o, first in plan.first.items() if first <= f})
-            if f in partial:
-                back = cv2.imread(str(partial.pop(f)), cv2.IMREAD_UNCHANGED)
-                ids = np.where(ids > 0, ids, back).astype(np.uint8)
-            emitted += 1
-            yield FrameResult(f, ids, chunk.index)
+        # forward to the chunk end, pausing on each later looked-at frame with detections: SAM2's own
+        # masks there tell which detections are tracked objects (their box corrects them) and which
+        # are new objects (prompted from that frame on)
+        pauses = sorted(f for f in later if lo < f < chunk.end)
+        pos = lo
+        while True:
+            stop = pauses[0] if pauses else chunk.end - 1
+            paused = None
+            for local, _ids, logits in self.tracker.propagate(state, pos - chunk.start, stop - pos, False):
+                self._check_stop()
+                f = chunk.start + local
+                if f == edge:
+                    for o in logits.obj_ids:
+                        handover_out[o] = logits.mask(o)
+                if pauses and f == stop:
+                    paused = logits
+                    break
+                if f < emit_from:
+                    continue
+                ids = logits.id_map({o for o, first in plan.first.items() if first <= f})
+                if f in partial:
+                    back = cv2.imread(str(partial.pop(f)), cv2.IMREAD_UNCHANGED)
+                    ids = np.where(ids > 0, ids, back).astype(np.uint8)
+                emitted += 1
+                yield FrameResult(f, ids, chunk.index)
+            if not pauses:
+                break
+            pauses.pop(0)
+            yield from self._detections_on_tracked_frame(state, chunk, stop, later[stop], paused, plan)
+            pos = stop
         yield ChunkFinished(chunk.index, chunk.start, chunk.end, "forward", time.perf_counter() - began, emitted,
                             dict(handover_out))
+
+    def _detections_on_tracked_frame(self, state: dict, chunk: Chunk, frame: int, dets: list[Detection],
+                                     logits, plan: _ChunkPlan) -> Iterator[object]:
+        tracked = {o: logits.mask(o) for o in logits.obj_ids if o in plan.first}
+        scores = sorted(((mask_box_iou(m, d.box), di, o) for di, d in enumerate(dets) for o, m in tracked.items()),
+                        reverse=True)
+        owner: dict[int, int] = {}
+        for iou, di, o in scores:
+            if iou >= self.match_iou and di not in owner and o not in owner.values():
+                owner[di] = o
+        for di, det in sorted(enumerate(dets), key=lambda x: -x[1].confidence):
+            obj = owner.get(di)
+            if obj is None:
+                if len(plan.first) >= self.max_objects or self.next_id > MAX_OBJECT_ID:
+                    yield EngineWarning(f"object limit (detect.max_objects = {self.max_objects}) reached: a "
+                                        f"{det.class_name} on frame {frame} is not tracked", frame=frame)
+                    continue
+                obj, self.next_id = self.next_id, self.next_id + 1
+                self.unseen[obj] = 0
+                plan.first[obj] = frame
+            else:
+                self.unseen[obj] = 0  # confirmed by a later detection of this chunk
+            self.tracker.add_points(state, frame - chunk.start, obj, box=det.box)
+            yield PromptUsed(frame, obj, "detector", chunk.index, box=det.box, confidence=det.confidence)
 
     def _check_stop(self) -> None:
         if self.should_stop():

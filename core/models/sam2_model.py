@@ -144,6 +144,9 @@ class Sam2Tracker:
                 )
         if self.dtype == "float32":
             model.memory_attention.register_forward_pre_hook(_memory_to_query_dtype, with_kwargs=True)
+        # a prompt on a frame SAM2 already tracked (a detector box correcting an object) becomes a
+        # conditioning frame, so propagating again keeps the correction instead of recomputing it
+        model.add_all_frames_to_correct_as_cond = True
         return model.to(self.device).eval()
 
     @contextlib.contextmanager
