@@ -169,10 +169,11 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     started_at, t0 = utc_now(), time.perf_counter()
     check_target(out, cfg.output.overwrite)
     prompts_id = hashlib.sha1(repr(job.prompts.objects).encode()).hexdigest()[:10]
-    plan = (f"{len(job.folder)} frames, chunks {cfg.chunking.chunk_size}/{cfg.chunking.overlap}, "
-            f"anchors {cfg.chunking.anchor_prompts}, prompts {prompts_id}")
-    # only track mode resumes chunk by chunk so far; other modes start over
-    previous = Checkpoint.load(staging_path(out)) if resume and job.choice.mode is Mode.TRACK else None
+    plan = (f"{job.choice.mode.value}, {len(job.folder)} frames, chunks {cfg.chunking.chunk_size}/"
+            f"{cfg.chunking.overlap}, anchors {cfg.chunking.anchor_prompts}, prompts {prompts_id}")
+    # every mode resumes chunk by chunk, except detect with self-training (it trains in between)
+    resumable = not (job.choice.mode is Mode.DETECT and _self_train(job.prompts, cfg))
+    previous = Checkpoint.load(staging_path(out)) if resume and resumable else None
     if previous is not None and previous.plan != plan:
         log.warning("the partial output of %s was made with other settings; starting over", job.input.name)
         previous = None
@@ -209,10 +210,13 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
                           fill_hole_area=0 if tracker.sam2_fills_holes else _hole_area_at_video_res(cfg, folder))
     writer.frames_written, writer.prompt_lines = ckpt.frames_written, ckpt.prompt_lines
     writer.object_frames = dict(ckpt.object_frames)
-    if job.choice.mode is Mode.DETECT:
-        engine = _detect_engine(job, models, tracker, reader, chunks, stage, should_stop)
-    elif job.choice.mode in (Mode.PROMPTLESS, Mode.REFINE):
-        engine = _keyframe_engine(job, tracker, reader, chunks, should_stop)
+    if job.choice.mode in (Mode.DETECT, Mode.PROMPTLESS, Mode.REFINE):
+        if job.choice.mode is Mode.DETECT:
+            engine = _detect_engine(job, models, tracker, reader, chunks, stage, should_stop)
+        else:
+            engine = _keyframe_engine(job, tracker, reader, chunks, should_stop)
+        if previous is not None and hasattr(engine, "resume"):
+            engine.resume(set(ckpt.done), ckpt.handovers(stage).get("forward", {}), ckpt.engine_state)
     else:
         engine = TrackEngine(tracker, folder, reader, job.prompts, chunks, stage / ".backward",
                              anchor_prompts=cfg.chunking.anchor_prompts, should_stop=should_stop,
@@ -241,6 +245,7 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
                 ckpt.done.append((event.sweep, event.chunk))
                 ckpt.frames_written, ckpt.prompt_lines = writer.frames_written, writer.prompt_lines
                 ckpt.object_frames = dict(writer.object_frames)
+                ckpt.engine_state = dict(event.state)
                 ckpt.save(stage, event.sweep, event.chunk, event.handover)
             elif isinstance(event, EngineWarning):
                 warnings.append(event.message)

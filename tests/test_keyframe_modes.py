@@ -194,3 +194,25 @@ def test_keyframe_modes_end_to_end(tmp_path: Path, model_pool, kind):
         given = [u for u in used if u["source"] == "mask"]
         assert {u["frame"] for u in given} >= {0} and all(u["points"] for u in given)
         assert any("dropped" in w for w in manifest["warnings"])
+
+
+def test_refine_resumes_to_the_same_masks(tmp_path: Path, model_pool):
+    from core.errors import Cancelled
+
+    clip = _refine_clip(tmp_path / "clip", n=12)
+    cfg = load_config(None, [*FAST, "chunking.chunk_size=4", "refine.keyframe_every=2"], use_default_path=False)
+    whole = tmp_path / "whole"
+    list(run_job(prepare_job(clip, cfg), whole, models=model_pool))
+    job = prepare_job(clip, cfg, job_id="r1")
+    out, seen = tmp_path / "resumed", []
+    with pytest.raises(Cancelled):
+        for event in run_job(job, out, models=model_pool, keep_partial=True, should_stop=lambda: len(seen) >= 7):
+            if isinstance(event, FrameResult):
+                seen.append(event.frame)
+    manifest = list(run_job(job, out, models=model_pool, resume=True))[-1].manifest
+    assert manifest["resumed_from_frame"] in (3, 6)
+    for mask in sorted((whole / "masks").iterdir()):
+        a, b = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED), cv2.imread(str(out / "masks" / mask.name), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(a, b), mask.name
+    assert (whole / "prompts_used.jsonl").read_text() == (out / "prompts_used.jsonl").read_text()
+    assert json.loads((whole / "manifest.json").read_text())["warnings"] == manifest["warnings"]

@@ -55,3 +55,24 @@ def forward_handover_frame(chunk: Chunk, following: Chunk) -> int:
 def backward_handover_frame(chunk: Chunk, preceding: Chunk) -> int:
     """Frame of `chunk` whose masks prompt `preceding` (placed on preceding.end - 1)."""
     return preceding.end - 1 if preceding.end - 1 >= chunk.start else chunk.start
+
+
+class Resumable:
+    """For engines that walk chunks forward once: skip finished chunks, restore counters."""
+
+    done: set[tuple[str, int]] = frozenset()
+    resumed_handover: dict = {}
+
+    def resume(self, done: set[tuple[str, int]], handover: dict, state: dict) -> None:
+        self.done = set(done)
+        self.resumed_handover = dict(handover)
+        self.restore(state)
+
+    def finished(self, chunk: Chunk) -> bool:
+        return ("forward", chunk.index) in self.done
+
+    def restore(self, state: dict) -> None:  # overridden by engines with counters
+        pass
+
+    def snapshot(self) -> dict:
+        return {}

@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from core.engine.chunks import Chunk, forward_handover_frame
+from core.engine.chunks import Chunk, Resumable, forward_handover_frame
 from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
 from core.engine.track import mask_box
 from core.errors import Cancelled
@@ -84,7 +84,7 @@ class _ChunkPlan:
     first: dict[int, int] = field(default_factory=dict)           # object -> its first conditioned frame
 
 
-class DetectEngine:
+class DetectEngine(Resumable):
     def __init__(self, tracker, detector, folder: FrameFolder, reader: FrameReader, chunks: list[Chunk],
                  scratch: Path, *, classes: list[int] | None, min_confidence: float, stride: int,
                  match_iou: float, lost_chunks: int, max_objects: int = 20,
@@ -100,9 +100,19 @@ class DetectEngine:
         self.initial = dict(handover or {})  # masks on the first chunk's first frame (after self-training)
         self.first_emit = first_emit         # frames before it are already written
 
+    def snapshot(self) -> dict:
+        return {"next_id": self.next_id, "unseen": {str(k): v for k, v in self.unseen.items()}}
+
+    def restore(self, state: dict) -> None:
+        self.next_id = state.get("next_id", self.next_id)
+        self.unseen = {int(k): v for k, v in state.get("unseen", {}).items()}
+
     def run(self) -> Iterator[object]:
         handover = self.initial
         for pos, chunk in enumerate(self.chunks):
+            if self.finished(chunk):
+                handover = self.resumed_handover
+                continue
             detections, later = self._scan(chunk)
             plan, notes = self._plan(chunk, detections, handover)
             for note in notes:
@@ -194,7 +204,8 @@ class DetectEngine:
             for f in range(emit_from, chunk.end):
                 emitted += 1
                 yield FrameResult(f, empty, chunk.index)
-            yield ChunkFinished(chunk.index, chunk.start, chunk.end, "forward", time.perf_counter() - began, emitted)
+            yield ChunkFinished(chunk.index, chunk.start, chunk.end, "forward", time.perf_counter() - began, emitted,
+                                {}, self.snapshot())
             return
         window = FrameWindow(self.reader, list(range(chunk.start, chunk.end)), chunk.start, chunk.end)
         state = self.tracker.new_state(window, self.folder.height, self.folder.width)
@@ -253,7 +264,7 @@ class DetectEngine:
             yield from self._detections_on_tracked_frame(state, chunk, stop, later[stop], paused, plan)
             pos = stop
         yield ChunkFinished(chunk.index, chunk.start, chunk.end, "forward", time.perf_counter() - began, emitted,
-                            dict(handover_out))
+                            dict(handover_out), self.snapshot())
 
     def _detections_on_tracked_frame(self, state: dict, chunk: Chunk, frame: int, dets: list[Detection],
                                      logits, plan: _ChunkPlan) -> Iterator[object]:

@@ -47,6 +47,7 @@ class ChunkFinished:
     seconds: float
     frames_emitted: int
     handover: dict = field(default_factory=dict, repr=False)  # object id -> mask for the next chunk
+    state: dict = field(default_factory=dict)  # the engine's own counters after this chunk (for resuming)
 
 
 @dataclass(frozen=True)

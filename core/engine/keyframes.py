@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-from core.engine.chunks import Chunk, forward_handover_frame
+from core.engine.chunks import Chunk, Resumable, forward_handover_frame
 from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
 from core.engine.track import mask_box
 from core.errors import Cancelled
@@ -55,7 +55,7 @@ def merge_duplicates(regions: list[Region], iou: float) -> list[Region]:
     return kept
 
 
-class KeyframeEngine:
+class KeyframeEngine(Resumable):
     def __init__(self, tracker, folder: FrameFolder, reader: FrameReader, chunks: list[Chunk],
                  source: RegionSource, *, merge_iou: float, covered: float, max_objects: int,
                  should_stop: Callable[[], bool] = lambda: False):
@@ -64,9 +64,20 @@ class KeyframeEngine:
         self.should_stop = should_stop
         self.next_id = 1
 
+    def snapshot(self) -> dict:
+        return {"next_id": self.next_id, "dropped": getattr(self.source, "dropped", 0)}
+
+    def restore(self, state: dict) -> None:
+        self.next_id = state.get("next_id", self.next_id)
+        if hasattr(self.source, "dropped"):
+            self.source.dropped = state.get("dropped", 0)
+
     def run(self) -> Iterator[object]:
         handover: dict[int, np.ndarray] = {}
         for chunk in self.chunks:
+            if self.finished(chunk):
+                handover = self.resumed_handover
+                continue
             following = self.chunks[chunk.index + 1] if chunk.index + 1 < len(self.chunks) else None
             edge = forward_handover_frame(chunk, following) if following else None
             given, handover = {o: m for o, m in handover.items() if m.any()}, {}
@@ -126,7 +137,7 @@ class KeyframeEngine:
             yield EngineWarning(f"chunk {chunk.index} (frames {chunk.start}-{chunk.end - 1}): no object found; "
                                 "its masks are empty", frame=chunk.start)
         yield ChunkFinished(chunk.index, chunk.start, chunk.end, "forward", time.perf_counter() - began, emitted,
-                            dict(handover_out))
+                            dict(handover_out), self.snapshot())
 
     def _add_new(self, state: dict, chunk: Chunk, frame: int, tracked: np.ndarray) -> Iterator[object]:
         """Prompt the regions on `frame` that no tracked object covers yet."""

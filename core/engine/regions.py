@@ -63,7 +63,7 @@ class MaskRegions:
                  max_points: int, prompt: str, seed: int):
         self.folder, self.every, self.min_area = folder, every, min_area
         self.filter_threshold, self.max_points, self.prompt = filter_threshold, max_points, prompt
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.masks_dir, self.diffs_dir = folder.root / "masks", folder.root / "diffs"
         self.has_diffs = self.diffs_dir.is_dir()
         self.mask_frames = [i for i in range(len(folder)) if _find_sidecar(self.masks_dir, folder.stem(i))]
@@ -111,11 +111,13 @@ class MaskRegions:
                 if score < self.filter_threshold:
                     self.dropped += 1
                     continue
-            points = self._points(comp, diff) if self.prompt == "points" else None
+            # a generator per frame and component: the same points whether or not the job was resumed
+            rng = np.random.default_rng((self.seed, frame, c))
+            points = self._points(comp, diff, rng) if self.prompt == "points" else None
             out.append(Region(frame, comp, score, points))
         return out
 
-    def _points(self, comp: np.ndarray, diff: np.ndarray | None) -> tuple[tuple[float, float], ...]:
+    def _points(self, comp: np.ndarray, diff: np.ndarray | None, rng) -> tuple[tuple[float, float], ...]:
         """max(10, 1% of the area) points inside the component (capped), drawn toward high difference."""
         ys, xs = np.nonzero(comp)
         count = min(max(10, int(0.01 * xs.size)), self.max_points, xs.size)
@@ -123,5 +125,5 @@ class MaskRegions:
         if diff is not None:
             w = diff[ys, xs].astype(np.float64) + 1e-6
             weights = w / w.sum()
-        pick = self.rng.choice(xs.size, size=count, replace=False, p=weights)
+        pick = rng.choice(xs.size, size=count, replace=False, p=weights)
         return tuple((float(xs[i]), float(ys[i])) for i in pick)

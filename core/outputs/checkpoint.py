@@ -25,6 +25,7 @@ class Checkpoint:
     prompt_counts: dict[int, int] = field(default_factory=dict)
     handover_files: dict[str, str] = field(default_factory=dict)  # sweep -> file of its latest hand-over
     plan: str = ""  # what the chunks were cut from; a resume with another plan starts over
+    engine_state: dict = field(default_factory=dict)  # the mode engine's counters (next object id, ...)
 
     @classmethod
     def load(cls, stage: Path) -> "Checkpoint | None":
@@ -41,6 +42,7 @@ class Checkpoint:
             prompt_counts={int(k): v for k, v in data.get("prompt_counts", {}).items()},
             handover_files=dict(data.get("handover_files", {})),
             plan=data.get("plan", ""),
+            engine_state=data.get("engine_state", {}),
         )
 
     def save(self, stage: Path, sweep: str, chunk: int, handover: dict[int, np.ndarray]) -> None:
@@ -54,7 +56,7 @@ class Checkpoint:
         write_json(stage / CHECKPOINT, {
             "done": self.done, "prompt_lines": self.prompt_lines, "frames_written": self.frames_written,
             "object_frames": self.object_frames, "chunk_log": self.chunk_log, "prompt_counts": self.prompt_counts,
-            "handover_files": self.handover_files, "plan": self.plan,
+            "handover_files": self.handover_files, "plan": self.plan, "engine_state": self.engine_state,
         })
         for old in stage.glob(f".handover-{sweep}-*.npz"):
             if old.name != name:
