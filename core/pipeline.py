@@ -98,6 +98,10 @@ def prepare_job(input_dir: Path, config: Config, *, mode: str | None = None, inb
             f"track mode needs objects to follow, but {input_dir / 'prompts.json'} lists none; add "
             '{"objects": [{"id": 1, "frame": 0, "points": [[x, y]], "labels": [1]}]}'
         )
+    if choice.mode is Mode.DETECT:
+        from core.models.yolo import resolve_yolo_path
+
+        resolve_yolo_path(config)  # a missing detector fails now, before SAM2 loads
     if choice.mode is Mode.REFINE:
         if not (input_dir / "masks").is_dir():
             raise ConfigError(f"refine mode needs a masks/ folder in {input_dir} with a mask per frame "
