@@ -49,7 +49,7 @@ def choose_mode(
     if explicit:
         return ModeChoice(Mode.parse(explicit, "--mode"), f"--mode {explicit}")
     if prompts.mode:
-        return ModeChoice(Mode.parse(prompts.mode, "prompts.json"), f'"mode" in prompts.json')
+        return ModeChoice(Mode.parse(prompts.mode, "prompts.json"), '"mode" in prompts.json')
     if job_mode:
         return ModeChoice(Mode.parse(job_mode, "job.toml"), "mode in job.toml")
     if (folder / "masks").is_dir():

@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 
 from core import __version__
 from core.config import Config, read_toml, with_overrides
+from core.engine.build import build_engine, mask_regions, self_train_requested
 from core.engine.chunks import Chunk, plan_chunks
 from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
 from core.errors import ConfigError
@@ -90,7 +91,7 @@ def prepare_job(input_dir: Path, config: Config, *, mode: str | None = None, inb
     prompts = load_prompts(folder)
     choice = choose_mode(input_dir, prompts, explicit=mode, job_mode=job_mode, inbox_mode=inbox_mode)
     require_available(choice.mode)
-    if choice.mode is Mode.DETECT and _self_train(prompts, config) and not prompts.objects:
+    if choice.mode is Mode.DETECT and self_train_requested(prompts, config) and not prompts.objects:
         raise ConfigError("detector self-training needs the object(s) to learn: add \"objects\" with points or "
                           "boxes on the first frames to prompts.json (and keep \"mode\": \"detect\")")
     if choice.mode is Mode.TRACK and not prompts.objects:
@@ -106,16 +107,8 @@ def prepare_job(input_dir: Path, config: Config, *, mode: str | None = None, inb
         if not (input_dir / "masks").is_dir():
             raise ConfigError(f"refine mode needs a masks/ folder in {input_dir} with a mask per frame "
                               "(named after the frames)")
-        _mask_regions(folder, config)  # checks the masks are named after frames
+        mask_regions(folder, config)  # checks the masks are named after frames
     return PreparedJob(job_id or uuid.uuid4().hex[:12], input_dir, folder, prompts, choice, config)
-
-
-def _mask_regions(folder: FrameFolder, cfg: Config):
-    from core.engine.regions import MaskRegions
-
-    r = cfg.refine
-    return MaskRegions(folder, every=r.keyframe_every, min_area=r.min_area, filter_threshold=r.filter_threshold,
-                       max_points=r.max_points, prompt=r.prompt, seed=cfg.models.seed)
 
 
 class ModelPool:
@@ -176,7 +169,7 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     plan = (f"{job.choice.mode.value}, {len(job.folder)} frames, chunks {cfg.chunking.chunk_size}/"
             f"{cfg.chunking.overlap}, anchors {cfg.chunking.anchor_prompts}, prompts {prompts_id}")
     # every mode resumes chunk by chunk, except detect with self-training (it trains in between)
-    resumable = not (job.choice.mode is Mode.DETECT and _self_train(job.prompts, cfg))
+    resumable = not (job.choice.mode is Mode.DETECT and self_train_requested(job.prompts, cfg))
     previous = Checkpoint.load(staging_path(out)) if resume and resumable else None
     if previous is not None and previous.plan != plan:
         log.warning("the partial output of %s was made with other settings; starting over", job.input.name)
@@ -196,8 +189,6 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
 
     folder = job.folder
     chunks = plan_chunks(len(folder), cfg.chunking.chunk_size, cfg.chunking.overlap)
-    from core.engine.track import TrackEngine
-
     import torch
 
     size, device = tracker.image_size, tracker.device
@@ -214,17 +205,9 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
                           fill_hole_area=0 if tracker.sam2_fills_holes else _hole_area_at_video_res(cfg, folder))
     writer.frames_written, writer.prompt_lines = ckpt.frames_written, ckpt.prompt_lines
     writer.object_frames = dict(ckpt.object_frames)
-    if job.choice.mode in (Mode.DETECT, Mode.PROMPTLESS, Mode.REFINE):
-        if job.choice.mode is Mode.DETECT:
-            engine = _detect_engine(job, models, tracker, reader, chunks, stage, should_stop)
-        else:
-            engine = _keyframe_engine(job, tracker, reader, chunks, should_stop)
-        if previous is not None and hasattr(engine, "resume"):
-            engine.resume(set(ckpt.done), ckpt.handovers(stage).get("forward", {}), ckpt.engine_state)
-    else:
-        engine = TrackEngine(tracker, folder, reader, job.prompts, chunks, stage / ".backward",
-                             anchor_prompts=cfg.chunking.anchor_prompts, should_stop=should_stop,
-                             done=set(ckpt.done), handovers=ckpt.handovers(stage) if previous else None)
+    engine = build_engine(job.choice.mode, job.folder, job.prompts, cfg, tracker=tracker, reader=reader,
+                          chunks=chunks, scratch=stage, models=models, should_stop=should_stop,
+                          resume_from=(ckpt, stage) if previous is not None else None)
     resumed_from = None
     yield JobStarted(job.job_id, job.choice.mode, len(folder), len(chunks), ckpt.frames_written)
     try:
@@ -298,54 +281,6 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     write_json(stage / MANIFEST, manifest)
     publish(stage, out, cfg.output.overwrite)
     yield JobFinished(out, manifest)
-
-
-def _self_train(prompts: Prompts, cfg: Config) -> bool:
-    request = prompts.detect
-    return request.self_train if request is not None and request.self_train is not None else cfg.detect.self_train
-
-
-def _detect_engine(job: PreparedJob, models: ModelPool, tracker, reader, chunks, stage: Path, should_stop):
-    from core.engine.detect import DetectEngine
-
-    cfg, request = job.config, job.prompts.detect
-    d = cfg.detect
-    classes = list(request.classes) if request and request.classes is not None else list(d.classes)
-    conf = request.min_confidence if request and request.min_confidence is not None else d.min_confidence
-    device = "cpu" if tracker.device.type == "cpu" else str(tracker.device)
-    options = {"min_confidence": conf, "stride": d.stride, "match_iou": d.match_iou, "lost_chunks": d.lost_chunks,
-               "max_objects": d.max_objects}
-    if _self_train(job.prompts, cfg):
-        from core.engine.selftrain import SelfTrainingDetect
-        from core.models.yolo import Detector, resolve_yolo_path
-        from core.models.yolo_train import TrainSettings
-
-        settings = TrainSettings(d.train_epochs, d.train_patience, d.train_imgsz, d.train_batch, device)
-        return SelfTrainingDetect(
-            tracker, job.folder, reader, job.prompts, work=stage / ".selftrain", chunk_size=cfg.chunking.chunk_size,
-            overlap=cfg.chunking.overlap, anchor_prompts=cfg.chunking.anchor_prompts, train_frames=d.train_frames,
-            base_weights=resolve_yolo_path(cfg), settings=settings, class_name=(classes or ["object"])[0],
-            make_detector=lambda path: Detector(path, device=device, imgsz=d.imgsz), detect_options=options,
-            should_stop=should_stop)
-    detector = models.yolo(cfg, device)
-    return DetectEngine(tracker, detector, job.folder, reader, chunks, stage / ".detect",
-                        classes=detector.class_ids(classes), should_stop=should_stop, **options)
-
-
-def _keyframe_engine(job: PreparedJob, tracker, reader, chunks, should_stop):
-    from core.engine.keyframes import KeyframeEngine
-    from core.engine.regions import AutomaticRegions
-
-    cfg = job.config
-    if job.choice.mode is Mode.REFINE:
-        source, k = _mask_regions(job.folder, cfg), cfg.refine
-    else:
-        k = cfg.promptless
-        source = AutomaticRegions(tracker.predictor, job.folder, every=k.keyframe_every, min_area=k.min_area,
-                                  points_per_side=k.points_per_side, pred_iou_thresh=k.pred_iou_thresh,
-                                  stability_thresh=k.stability_thresh)
-    return KeyframeEngine(tracker, job.folder, reader, chunks, source, merge_iou=k.merge_iou, covered=k.covered,
-                          max_objects=k.max_objects, should_stop=should_stop)
 
 
 def _hole_area_at_video_res(cfg: Config, folder: FrameFolder) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import COMMANDS, build_parser, main
+from core.cli import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
