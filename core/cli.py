@@ -277,17 +277,22 @@ def _id_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("job_id", metavar="ID", help="job id (or a unique prefix of it)")
 
 
+def _request(args: argparse.Namespace, kind: str) -> int:
+    """Queue a command about one job for the daemon."""
+    store = _store(_config(args))
+    job = _job(store, args.job_id)
+    store.add_command(kind, job.id)
+    print(f"{kind} requested for {job.id} ({job.name}, {job.state})")
+    return 0
+
+
 @command(_id_args)
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Ask the daemon to cancel a job (a running job stops within a frame).
 
     example: reelmask cancel 3f2a
     """
-    store = _store(_config(args))
-    job = _job(store, args.job_id)
-    store.add_command("cancel", job.id)
-    print(f"cancel requested for {job.id} ({job.name}, {job.state})")
-    return 0
+    return _request(args, "cancel")
 
 
 @command(_id_args)
@@ -296,11 +301,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
     example: reelmask retry 3f2a
     """
-    store = _store(_config(args))
-    job = _job(store, args.job_id)
-    store.add_command("retry", job.id)
-    print(f"retry requested for {job.id} ({job.name}, {job.state})")
-    return 0
+    return _request(args, "retry")
 
 
 # ------------------------------------------------------------------------- parser
