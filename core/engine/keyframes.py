@@ -1,8 +1,8 @@
 """Modes that find objects on keyframes: `promptless` (automatic masks) and `refine` (given masks).
 
-SAM2 propagates forward through each chunk. At every keyframe the propagation pauses: candidate
-regions are compared with what is already tracked there; regions no tracked object covers become
-new objects (prompted on that keyframe), duplicates among the candidates are merged. The masks of
+SAM2 propagates forward through each chunk. At every keyframe the candidate regions are compared
+with what is already tracked there; regions no tracked object covers become new objects, prompted
+on that keyframe (the propagation then restarts there), and duplicates among them are merged. The masks of
 the last shared frame of a chunk prompt the next chunk (hand-over), as in track mode.
 """
 
@@ -93,27 +93,29 @@ class KeyframeEngine(Resumable):
         for obj, mask in given.items():
             self.tracker.add_mask(state, 0, obj, mask)
             yield PromptUsed(chunk.start, obj, "handover", chunk.index, box=mask_box(mask))
-        emitted = 0
+        shape = (self.folder.height, self.folder.width)
         keys = sorted({k for k in self.source.keyframes(chunk) if chunk.start <= k < chunk.end})
+        emitted = 0
         pos = chunk.start
-        tracked_at_pos = _id_map_of(given, (self.folder.height, self.folder.width))
-        pending = keys[:]
-        while pos < chunk.end:
-            if pending and pending[0] == pos:
-                pending.pop(0)
-                for event in self._add_new(state, chunk, pos, tracked_at_pos):
-                    yield event
-            stop = (pending[0] if pending else chunk.end - 1)
-            if not state["obj_ids"]:  # nothing to track yet: empty masks up to the next keyframe
-                for f in range(pos, stop if pending else stop + 1):
-                    if f >= emit_from:
-                        emitted += 1
-                        yield FrameResult(f, np.zeros((self.folder.height, self.folder.width), np.uint8), chunk.index)
-                pos = stop if pending else chunk.end
-                tracked_at_pos = np.zeros((self.folder.height, self.folder.width), np.uint8)
-                continue
-            last_map = None
-            for local, _ids, logits in self.tracker.propagate(state, pos - chunk.start, stop - pos, False):
+        if not state["obj_ids"]:
+            # nothing handed over: empty masks up to the first keyframe that has regions
+            pos, new = chunk.end, ([], False)
+            for k in keys:
+                new = self._new_regions(k, np.zeros(shape, np.uint8))
+                if new[0]:
+                    pos = k
+                    break
+            for f in range(max(chunk.start, emit_from), pos):
+                emitted += 1
+                yield FrameResult(f, np.zeros(shape, np.uint8), chunk.index)
+            yield from self._prompt(state, chunk, pos, *new)
+        elif keys and keys[0] == chunk.start:
+            yield from self._prompt(state, chunk, pos, *self._new_regions(pos, _id_map_of(given, shape)))
+        # one propagation to the chunk end; it pauses (and restarts at that keyframe) only where a
+        # keyframe brings new objects, so frames are not computed twice when nothing is new
+        while pos < chunk.end and state["obj_ids"]:
+            restart = None
+            for local, _ids, logits in self.tracker.propagate(state, pos - chunk.start, chunk.end - 1 - pos, False):
                 if self.should_stop():
                     raise Cancelled("cancelled")
                 f = chunk.start + local
@@ -121,38 +123,47 @@ class KeyframeEngine(Resumable):
                     for o in logits.obj_ids:
                         handover_out[o] = logits.mask(o)
                 ids = logits.id_map()
-                if f == stop and pending:
-                    last_map = ids  # the keyframe: decide on new objects before it is written
-                    break
+                if f != pos and f in keys:
+                    new = self._new_regions(f, ids)
+                    if new[0]:
+                        restart = (f, new)
+                        break
+                    if new[1]:
+                        yield self._limit_warning(f)
                 if f >= emit_from:
                     emitted += 1
                     yield FrameResult(f, ids, chunk.index)
-            if pending:
-                pos, tracked_at_pos = stop, last_map
-            else:
-                pos = chunk.end
-        if not emitted and emit_from < chunk.end:
-            yield EngineWarning(f"chunk {chunk.index} produced no frames")
+            if restart is None:
+                break
+            pos = restart[0]
+            yield from self._prompt(state, chunk, pos, *restart[1])
         if not state["obj_ids"]:
             yield EngineWarning(f"chunk {chunk.index} (frames {chunk.start}-{chunk.end - 1}): no object found; "
                                 "its masks are empty", frame=chunk.start)
         yield ChunkFinished(chunk.index, chunk.start, chunk.end, "forward", time.perf_counter() - began, emitted,
                             dict(handover_out), self.snapshot())
 
-    def _add_new(self, state: dict, chunk: Chunk, frame: int, tracked: np.ndarray) -> Iterator[object]:
-        """Prompt the regions on `frame` that no tracked object covers yet."""
-        regions = merge_duplicates(self.source.regions(frame), self.merge_iou)
+    def _new_regions(self, frame: int, tracked: np.ndarray) -> tuple[list[Region], bool]:
+        """The regions on `frame` that no tracked object covers yet (duplicates merged), within the
+        object limit; and whether the limit cut some off."""
         occupied = tracked > 0
-        for r in regions:
+        out: list[Region] = []
+        for r in merge_duplicates(self.source.regions(frame), self.merge_iou):
             area = np.count_nonzero(r.mask)
             if area == 0 or np.count_nonzero(r.mask & occupied) / area >= self.covered:
                 continue
-            if self.next_id > min(self.max_objects, MAX_OBJECT_ID):
-                yield EngineWarning(f"object limit ({self.max_objects}) reached on frame {frame}; "
-                                    "further regions ignored", frame=frame)
-                return
+            if self.next_id + len(out) > min(self.max_objects, MAX_OBJECT_ID):
+                return out, True
+            out.append(r)
+            occupied = occupied | r.mask
+        return out, False
+
+    def _prompt(self, state: dict, chunk: Chunk, frame: int, regions: list[Region],
+                limited: bool) -> Iterator[object]:
+        """Make each region a new object on `frame`."""
+        local = frame - chunk.start
+        for r in regions:
             obj, self.next_id = self.next_id, self.next_id + 1
-            local = frame - chunk.start
             if r.points is not None:
                 self.tracker.add_points(state, local, obj, points=r.points, labels=[1] * len(r.points))
                 yield PromptUsed(frame, obj, self.source.source, chunk.index, box=mask_box(r.mask),
@@ -161,7 +172,12 @@ class KeyframeEngine(Resumable):
                 self.tracker.add_mask(state, local, obj, r.mask)
                 yield PromptUsed(frame, obj, self.source.source, chunk.index, box=mask_box(r.mask),
                                  confidence=r.score)
-            occupied = occupied | r.mask
+        if limited:
+            yield self._limit_warning(frame)
+
+    def _limit_warning(self, frame: int) -> EngineWarning:
+        return EngineWarning(f"object limit ({self.max_objects}) reached on frame {frame}; further regions ignored",
+                             frame=frame)
 
 
 def _id_map_of(masks: dict[int, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
