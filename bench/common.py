@@ -48,9 +48,9 @@ class RunResult:
     manifest: dict
 
 
-def run_reelmask(clip: Path, out: Path, sets: list[str]) -> RunResult:
+def run_reelmask(clip: Path, out: Path, sets: list[str], mode: str = "track") -> RunResult:
     """`reelmask run` in a child process; its own peak RSS comes from wait4."""
-    cmd = [sys.executable, "-m", "core.cli", "run", str(clip), "--out", str(out), "--mode", "track", "--quiet"]
+    cmd = [sys.executable, "-m", "core.cli", "run", str(clip), "--out", str(out), "--mode", mode, "--quiet"]
     for s in sets:
         cmd += ["--set", s]
     start = time.perf_counter()

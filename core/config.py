@@ -92,6 +92,8 @@ class DetectConfig:
     lost_chunks: int = _key(2, "an object no detection confirms for this many chunks in a row ends")
     max_objects: int = _key(20, "at most this many objects tracked at once (the most confident detections win)")
     imgsz: int = _key(640, "YOLO input size")
+    parallel_chunks: int = _key(1, "chunks with their own detections run this many at a time, each from its own "
+                                   "prompts, linked by overlap afterwards; 1 = one after another with hand-over")
     self_train: bool = _key(False, "train the detector on SAM2 masks of the first frames (objects from prompts.json) first")
     train_frames: int = _key(250, "self-training: how many first frames become the detector's dataset")
     train_epochs: int = _key(300, "self-training: YOLO epochs")
@@ -338,6 +340,8 @@ def _validate(cfg: Config) -> Config:
     if dc.stride < 1 or dc.lost_chunks < 1 or dc.imgsz < 32 or dc.max_objects < 1:
         raise ConfigError(f"detect.stride, detect.lost_chunks and detect.max_objects must be >= 1 and "
                           f"detect.imgsz >= 32, got {dc.stride}, {dc.lost_chunks}, {dc.max_objects}, {dc.imgsz}")
+    if not 1 <= dc.parallel_chunks <= 32:
+        raise ConfigError(f"detect.parallel_chunks must be between 1 and 32, got {dc.parallel_chunks}")
     o = cfg.output
     if o.preview_fps <= 0 or o.preview_max_side < 16 or not 0.0 <= o.preview_opacity <= 1.0 or o.fill_hole_area < 0:
         raise ConfigError(

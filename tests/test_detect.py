@@ -13,7 +13,8 @@ import pytest
 from core.config import load_config
 from core.engine.chunks import plan_chunks
 from core.engine.detect import DetectEngine, box_iou, mask_box_iou, match_tracks
-from core.engine.events import FrameResult, PromptUsed
+from core.engine.detect_parallel import ParallelDetectEngine, make_detect_engine
+from core.engine.events import EngineWarning, FrameResult, PromptUsed
 from core.frames import FrameFolder, FrameReader
 from core.models.yolo import Detection
 from core.pipeline import prepare_job, run_job
@@ -119,13 +120,21 @@ class DiscTracker:
             yield local, sorted(state["owners"]), DiscLogits(frame, state["owners"], self.n, self.shape)
 
 
-def test_ids_stay_with_their_objects_across_chunks_when_paths_cross(tmp_path: Path):
-    n = 30
+def _disc_engine(tmp_path: Path, n: int, detector, chunk_size: int, parallel: int, lost_chunks: int = 2):
     folder = FrameFolder.scan(make_clip(tmp_path / "c", n=n, size=(160, 120)))
     reader = FrameReader(folder, lambda rgb: rgb, prefetch=0)
-    engine = DetectEngine(DiscTracker(n, (120, 160)), DiscDetector(n), folder, reader, plan_chunks(n, 7, 1),
-                          tmp_path / "scratch", classes=None, min_confidence=0.5, stride=3, match_iou=0.3,
-                          lost_chunks=2)
+    engine = make_detect_engine(DiscTracker(n, (120, 160)), detector, folder, reader, plan_chunks(n, chunk_size, 1),
+                                tmp_path / "scratch", classes=None, min_confidence=0.5, stride=3, match_iou=0.3,
+                                lost_chunks=lost_chunks, parallel_chunks=parallel)
+    assert isinstance(engine, ParallelDetectEngine) == (parallel > 1)
+    return engine, reader
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_ids_stay_with_their_objects_across_chunks_when_paths_cross(tmp_path: Path, parallel):
+    """Sequential hand-over, and independent chunks linked afterwards, give the same identities."""
+    n = 30
+    engine, reader = _disc_engine(tmp_path, n, DiscDetector(n), 7, parallel)
     events = list(engine.run())
     reader.close()
     frames = [e for e in events if isinstance(e, FrameResult)]
@@ -255,13 +264,10 @@ class EnteringDetector(DiscDetector):
         return out
 
 
-def test_an_object_entering_mid_chunk_is_prompted_where_it_is_found(tmp_path: Path):
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_an_object_entering_mid_chunk_is_prompted_where_it_is_found(tmp_path: Path, parallel):
     n = 20
-    folder = FrameFolder.scan(make_clip(tmp_path / "c", n=n, size=(160, 120)))
-    reader = FrameReader(folder, lambda rgb: rgb, prefetch=0)
-    engine = DetectEngine(DiscTracker(n, (120, 160)), EnteringDetector(n), folder, reader, plan_chunks(n, 8, 1),
-                          tmp_path / "scratch", classes=None, min_confidence=0.5, stride=3, match_iou=0.3,
-                          lost_chunks=2)
+    engine, reader = _disc_engine(tmp_path, n, EnteringDetector(n), 8, parallel)
     events = list(engine.run())
     reader.close()
     prompts = [(e.frame, e.object_id) for e in events if isinstance(e, PromptUsed) and e.source == "detector"]
@@ -270,3 +276,79 @@ def test_an_object_entering_mid_chunk_is_prompted_where_it_is_found(tmp_path: Pa
     assert sorted(frames) == list(range(n))
     assert all(frames[f] == {1} for f in range(10)) and all(frames[f] == {1, 2} for f in range(10, n))
     assert {o for _, o in prompts} == {1, 2}               # the later detections correct, never duplicate
+
+
+class MissingDetector(DiscDetector):
+    """Both discs, except that disc B is not found on frames in `blind` (a detector miss)."""
+
+    def __init__(self, n, blind):
+        super().__init__(n)
+        self.blind = blind
+
+    def detect(self, frames, classes, min_confidence):
+        out = []
+        for f, _ in frames:
+            for name, (cx, cy) in _disc_centres(f, self.n).items():
+                if name == "A" or f not in self.blind:
+                    out.append(Detection(f, (cx - 12, cy - 12, cx + 12, cy + 12), 0.9, 0, "disc"))
+        return out
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_an_object_the_detector_misses_carries_on_then_ends(tmp_path: Path, parallel):
+    """Chunks [0,6) [5,11) [10,16) [15,21) [20,30): B is missed in the second chunk only, so it is
+    carried over from the hand-over and keeps its id; missed from frame 15 on, it ends after one
+    chunk (lost_chunks = 1) with a warning."""
+    n = 30
+    short = _disc_engine(tmp_path / "a", n, MissingDetector(n, blind=set(range(5, 11))), 6, parallel)
+    events = list(short[0].run())
+    short[1].close()
+    frames = {e.frame: set(np.unique(e.id_map)) - {0} for e in events if isinstance(e, FrameResult)}
+    assert sorted(frames) == list(range(n)) and all(ids == {1, 2} for ids in frames.values())
+    handed = {(e.chunk, e.object_id) for e in events if isinstance(e, PromptUsed) and e.source == "handover"}
+    assert (1, 2) in handed
+
+    ending = _disc_engine(tmp_path / "b", n, MissingDetector(n, blind=set(range(15, n))), 6, parallel,
+                          lost_chunks=1)
+    events = list(ending[0].run())
+    ending[1].close()
+    frames = {e.frame: set(np.unique(e.id_map)) - {0} for e in events if isinstance(e, FrameResult)}
+    assert sorted(frames) == list(range(n))
+    assert all(frames[f] == {1, 2} for f in range(21)) and all(frames[f] == {1} for f in range(21, n))
+    ended = [e for e in events if isinstance(e, EngineWarning) and "ended" in e.message]
+    assert [(e.object_id, e.frame) for e in ended] == [(2, 20)]
+
+
+def test_independent_chunks_on_the_dog_clip_resume_to_the_same_masks(tmp_path: Path, model_pool):
+    """Real YOLO and SAM2 (random weights), chunks of 10 run two at a time: chunks with detections
+    run from them, the one without carries on from the hand-over, and a job stopped mid-way resumes to exactly the masks of one that never stopped."""
+    from core.errors import Cancelled
+    from PIL import Image
+
+    images = data_path("vos", "dog", "images")
+    clip = tmp_path / "dog"
+    clip.mkdir()
+    for f in sorted(images.iterdir())[:30]:
+        os.symlink(f, clip / f.name)
+    (clip / "prompts.json").write_text(json.dumps({"detect": {"classes": ["dog"], "min_confidence": 0.5}}))
+    cfg = load_config(None, [*FAST, "chunking.chunk_size=10", "detect.parallel_chunks=2",
+                             f"models.yolo={data_path(*YOLO_FILE)}"], use_default_path=False)
+    whole = tmp_path / "whole"
+    list(run_job(prepare_job(clip, cfg), whole, models=model_pool))
+    used = [json.loads(x) for x in (whole / "prompts_used.jsonl").read_text().splitlines()]
+    # YOLO finds the dog (>= 0.5) in chunks 0, 1 and 3; chunk 2 (frames 18-27) carries it on from the hand-over
+    assert {u["chunk"] for u in used if u["source"] == "detector"} == {0, 1, 3}
+    assert {u["chunk"] for u in used if u["source"] == "handover"} == {2}
+    assert len(list((whole / "masks").glob("*.png"))) == 30
+
+    out, seen = tmp_path / "resumed", []
+    job = prepare_job(clip, cfg, job_id="j1")
+    with pytest.raises(Cancelled):
+        for event in run_job(job, out, models=model_pool, keep_partial=True, should_stop=lambda: len(seen) >= 15):
+            if isinstance(event, FrameResult):
+                seen.append(event.frame)
+    manifest = list(run_job(job, out, models=model_pool, resume=True))[-1].manifest
+    assert manifest["resumed_from_frame"] is not None
+    for mask in sorted((whole / "masks").iterdir()):
+        assert np.array_equal(np.asarray(Image.open(mask)), np.asarray(Image.open(out / "masks" / mask.name))), mask.name
+    assert used == [json.loads(x) for x in (out / "prompts_used.jsonl").read_text().splitlines()]

@@ -47,7 +47,7 @@ def self_train_requested(prompts: Prompts, cfg: Config) -> bool:
 
 
 def _detect_engine(folder, prompts, cfg, models, tracker, reader, chunks, stage: Path, should_stop):
-    from core.engine.detect import DetectEngine
+    from core.engine.detect_parallel import make_detect_engine
 
     request = prompts.detect
     d = cfg.detect
@@ -55,7 +55,7 @@ def _detect_engine(folder, prompts, cfg, models, tracker, reader, chunks, stage:
     conf = request.min_confidence if request and request.min_confidence is not None else d.min_confidence
     device = "cpu" if tracker.device.type == "cpu" else str(tracker.device)
     options = {"min_confidence": conf, "stride": d.stride, "match_iou": d.match_iou, "lost_chunks": d.lost_chunks,
-               "max_objects": d.max_objects}
+               "max_objects": d.max_objects, "parallel_chunks": d.parallel_chunks}
     if self_train_requested(prompts, cfg):
         from core.engine.selftrain import SelfTrainingDetect
         from core.models.yolo import Detector, resolve_yolo_path
@@ -69,7 +69,7 @@ def _detect_engine(folder, prompts, cfg, models, tracker, reader, chunks, stage:
             make_detector=lambda path: Detector(path, device=device, imgsz=d.imgsz), detect_options=options,
             should_stop=should_stop)
     detector = models.yolo(cfg, device)
-    return DetectEngine(tracker, detector, folder, reader, chunks, stage / ".detect",
+    return make_detect_engine(tracker, detector, folder, reader, chunks, stage / ".detect",
                         classes=detector.class_ids(classes), should_stop=should_stop, **options)
 
 

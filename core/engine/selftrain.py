@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from core.engine.chunks import Chunk, plan_chunks
-from core.engine.detect import DetectEngine
+from core.engine.detect_parallel import make_detect_engine
 from core.engine.events import EngineWarning, FrameResult, Phase
 from core.engine.track import TrackEngine
 from core.frames import FrameFolder, FrameReader
@@ -67,7 +67,7 @@ class SelfTrainingDetect:
                 for i, c in enumerate(plan_chunks(len(self.folder) - t + 1, self.chunk_size, self.overlap))]
         handover = {int(o): last == o for o in set(last.ravel().tolist()) - {0}} if last is not None else {}
         ids = self.prompts.object_ids or [0]
-        engine = DetectEngine(self.tracker, self.detector, self.folder, self.reader, rest, self.work / "detect",
+        engine = make_detect_engine(self.tracker, self.detector, self.folder, self.reader, rest, self.work / "detect",
                               classes=None, should_stop=self.should_stop, handover=handover,
                               next_id=max(ids) + 1, first_emit=t, **self.detect_options)
         yield from engine.run()

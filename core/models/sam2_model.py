@@ -11,6 +11,7 @@ import contextlib
 import functools
 import importlib.util
 import logging
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -92,7 +93,8 @@ class Sam2Tracker:
         use_bf16 = cfg.models.dtype == "bfloat16" or (cfg.models.dtype == "auto" and self.device.type == "cuda")
         self.dtype = "bfloat16" if use_bf16 and self.device.type == "cuda" else "float32"
         self.sam2_fills_holes = has_sam2_extension() and cfg.output.fill_hole_area > 0
-        self.seconds = 0.0  # time spent inside sam2 calls
+        self.seconds = 0.0  # time spent inside sam2 calls (summed over threads)
+        self._seconds_lock = threading.Lock()  # detect's independent chunks call in from several threads
         started = time.perf_counter()
         self.predictor = self._build(cfg, torch)
         self.build_seconds = time.perf_counter() - started
@@ -160,7 +162,8 @@ class Sam2Tracker:
             with torch.inference_mode(), amp:
                 yield
         finally:
-            self.seconds += time.perf_counter() - start
+            with self._seconds_lock:
+                self.seconds += time.perf_counter() - start
 
     # -------------------------------------------------------- state and prompts
 
