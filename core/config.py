@@ -73,6 +73,8 @@ class ModelsConfig:
     device: str = _key("auto", '"auto" (CUDA if present, else CPU), "cpu", "cuda" or "cuda:N"')
     dtype: str = _key("auto", '"auto" (bfloat16 autocast on CUDA, float32 on CPU), "float32" or "bfloat16"')
     seed: int = _key(0, "random seed for random weights and sampling")
+    unet: str = _key("", "trained U-Net checkpoint (best.pt from `reelmask train unet`) for unet mode")
+    unet_threshold: float = _key(0.5, "unet mode: a pixel is the object where the U-Net's probability is above this")
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,18 @@ class DaemonConfig:
     stop_seconds: float = _key(8.0, "on SIGTERM, how long a running job may take to reach a checkpoint")
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str = _key("runs", "where `reelmask train` puts a run without --out: <out>/<kind>-<dataset name>")
+    epochs: int = _key(20, "passes over the training set")
+    lr: float = _key(1e-4, "learning rate")
+    batch_size: int = _key(8, "images per optimisation step")
+    img_size: int = _key(640, "training images are resized to this square size (pixels)")
+    workers: int = _key(4, "data loading processes (0 = load in the training process)")
+    val_fraction: float = _key(0.2, "without a test/ folder, this share of the videos (or frames) is held out for validation")
+    seed: int = _key(0, "random seed for the split, augmentation and initial weights")
+
+
 SECTIONS: dict[str, type] = {
     "paths": PathsConfig,
     "watch": WatchConfig,
@@ -155,6 +169,7 @@ SECTIONS: dict[str, type] = {
     "refine": RefineConfig,
     "output": OutputConfig,
     "daemon": DaemonConfig,
+    "train": TrainConfig,
 }
 
 
@@ -169,6 +184,7 @@ class Config:
     refine: RefineConfig = field(default_factory=RefineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     base_dir: Path = field(default_factory=Path.cwd, compare=False)
     source: str = field(default="defaults", compare=False)
 
@@ -340,6 +356,14 @@ def _validate(cfg: Config) -> Config:
     if dc.stride < 1 or dc.lost_chunks < 1 or dc.imgsz < 32 or dc.max_objects < 1:
         raise ConfigError(f"detect.stride, detect.lost_chunks and detect.max_objects must be >= 1 and "
                           f"detect.imgsz >= 32, got {dc.stride}, {dc.lost_chunks}, {dc.max_objects}, {dc.imgsz}")
+    t = cfg.train
+    if t.epochs < 1 or t.batch_size < 1 or t.img_size < 32 or t.img_size % 32 or t.workers < 0 or t.lr <= 0:
+        raise ConfigError(f"train.epochs and train.batch_size must be >= 1, train.img_size a multiple of 32 (>= 32), "
+                          f"train.workers >= 0 and train.lr > 0; got {t.epochs}, {t.batch_size}, {t.img_size}, "
+                          f"{t.workers}, {t.lr}")
+    if not 0.0 <= t.val_fraction < 1.0 or not 0.0 < cfg.models.unet_threshold < 1.0:
+        raise ConfigError(f"train.val_fraction must be in [0, 1) and models.unet_threshold in (0, 1), "
+                          f"got {t.val_fraction} and {cfg.models.unet_threshold}")
     if not 1 <= dc.parallel_chunks <= 32:
         raise ConfigError(f"detect.parallel_chunks must be between 1 and 32, got {dc.parallel_chunks}")
     o = cfg.output

@@ -31,3 +31,7 @@ class OutputError(ReelmaskError):
 
 class Cancelled(ReelmaskError):
     """The job was asked to stop."""
+
+
+class TrainingError(ReelmaskError):
+    """A training request or dataset that cannot work; the message says what and how to fix it."""

@@ -123,6 +123,12 @@ _MIGRATIONS: list[tuple[int, str]] = [
     CREATE INDEX commands_pending ON commands(state, id);
     CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT);
     """),
+    (2, """
+    CREATE TABLE train_metrics (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        ts TEXT NOT NULL, epoch INTEGER NOT NULL, step INTEGER, loss REAL, metrics TEXT);
+    CREATE INDEX train_metrics_job ON train_metrics(job_id, id);
+    """),
 ]
 
 _JOB_COLUMNS = [f.name for f in fields(Job) if f.name not in ("frames_done", "fps", "chunk")]
@@ -300,6 +306,23 @@ class Store:
         """Forget progress and chunk states (before a job starts again from scratch)."""
         self.conn.execute("DELETE FROM progress WHERE job_id = ?", (job_id,))
         self.conn.execute("DELETE FROM chunks WHERE job_id = ?", (job_id,))
+        self.conn.execute("DELETE FROM train_metrics WHERE job_id = ?", (job_id,))
+
+    # ------------------------------------------------------------------ training curves
+
+    def add_train_metric(self, job_id: str, epoch: int, step: int | None = None, loss: float | None = None,
+                         metrics: dict | None = None) -> None:
+        """A step's loss (metrics None) or an epoch's metrics.jsonl line."""
+        self.conn.execute("INSERT INTO train_metrics (job_id, ts, epoch, step, loss, metrics) VALUES (?, ?, ?, ?, ?, ?)",
+                          (job_id, utc_now(), epoch, step, loss, json.dumps(metrics) if metrics is not None else None))
+
+    def train_metrics(self, job_id: str, limit: int = 500, epochs_only: bool = False) -> list[dict]:
+        sql = "SELECT ts, epoch, step, loss, metrics FROM train_metrics WHERE job_id = ?"
+        if epochs_only:
+            sql += " AND metrics IS NOT NULL"
+        rows = self.conn.execute(sql + " ORDER BY id DESC LIMIT ?", (job_id, limit)).fetchall()
+        return [{"ts": r[0], "epoch": r[1], "step": r[2], "loss": r[3], "metrics": json.loads(r[4]) if r[4] else None}
+                for r in reversed(rows)]
 
     # ------------------------------------------------------------------ events, samples, settings
 

@@ -11,11 +11,33 @@ from core.store import JobState, Store
 
 def test_schema_is_versioned_and_wal(tmp_path: Path):
     store = Store(tmp_path / "state.db")
-    assert store.schema_version() == 1
+    assert store.schema_version() == 2
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert {"jobs", "progress", "chunks", "events", "samples", "commands", "migrations"} <= set(store.db.table_names())
+    assert {"jobs", "progress", "chunks", "events", "samples", "commands", "train_metrics",
+            "migrations"} <= set(store.db.table_names())
     Store(tmp_path / "state.db")  # opening again applies nothing twice
-    assert store.conn.execute("SELECT COUNT(*) FROM migrations").fetchone()[0] == 1
+    assert store.conn.execute("SELECT COUNT(*) FROM migrations").fetchone()[0] == 2
+
+
+def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path):
+    from core import store as store_module
+
+    old = store_module._MIGRATIONS
+    store_module._MIGRATIONS = old[:1]
+    try:
+        first = Store(tmp_path / "state.db")
+        job = first.add_job("clip", tmp_path / "clip")
+        first.close()
+    finally:
+        store_module._MIGRATIONS = old
+    store = Store(tmp_path / "state.db")
+    assert store.schema_version() == 2 and store.job(job).name == "clip"
+    store.add_train_metric(job, 1, step=3, loss=0.5)
+    store.add_train_metric(job, 1, metrics={"epoch": 1, "train_loss": 0.4})
+    rows = store.train_metrics(job)
+    assert [(r["step"], r["loss"], r["metrics"]) for r in rows] == [(3, 0.5, None), (None, None, {"epoch": 1, "train_loss": 0.4})]
+    assert [r["metrics"]["train_loss"] for r in store.train_metrics(job, epochs_only=True)] == [0.4]
+
 
 
 def _claimer(db: str, name: str, out) -> None:

@@ -1,0 +1,43 @@
+"""What trainers yield. The CLI draws progress bars from them, the daemon writes them to SQLite."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TrainStarted:
+    kind: str
+    epochs: int
+    steps_per_epoch: int
+    train_items: int            # training samples (frames) per epoch
+    val_items: int              # validation samples
+    device: str
+    start_epoch: int = 1        # > 1 when an interrupted run continues from last.pt
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    epoch: int
+    step: int                   # optimisation steps done in this run so far (across epochs)
+    total_steps: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    epoch: int
+    metrics: dict = field(default_factory=dict)   # the metrics.jsonl line of this epoch (train_loss, val_iou ...)
+    best: bool = False                            # this epoch's checkpoint became best.pt
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainFinished:
+    out: Path
+    best: Path
+    last: Path
+    metrics: dict = field(default_factory=dict)   # of the best epoch
+    seconds: float = 0.0
+    stopped_early: bool = False

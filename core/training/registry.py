@@ -1,0 +1,64 @@
+"""Training kinds by name. Checking a dataset needs no torch, so the TUI and `--queue` can do it."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from core.config import Config
+from core.errors import TrainingError
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    kind: str
+    module: str                 # has check(data) -> str (a summary) and train(data, out, cfg, ...) -> events
+    summary: str
+    issue: str | None = None    # not built yet: the message says so
+
+
+TRAINERS: dict[str, TrainerSpec] = {
+    "unet": TrainerSpec("unet", "core.training.unet", "direct U-Net binary segmenter (seed 000)"),
+    "matting": TrainerSpec("matting", "core.training.matting", "alpha refiner for matting mode (seed 001)",
+                           issue="the matting trainer"),
+    "sam2-decoder": TrainerSpec("sam2-decoder", "core.training.sam2_decoder", "SAM2 mask decoder fine-tuning (seed 003)",
+                                issue="the SAM2 decoder trainer"),
+    "yolo": TrainerSpec("yolo", "core.training.yolo", "Ultralytics detector from masks or a YOLO dataset",
+                        issue="the YOLO trainer"),
+}
+
+
+def spec(kind: str) -> TrainerSpec:
+    found = TRAINERS.get(kind)
+    if found is None:
+        raise TrainingError(f"unknown training kind '{kind}'; choose one of {', '.join(TRAINERS)}")
+    if found.issue is not None:
+        ready = ", ".join(k for k, s in TRAINERS.items() if s.issue is None)
+        raise TrainingError(f"{found.issue} ('{kind}') is not available in this version of reelmask "
+                            f"(available: {ready})")
+    return found
+
+
+def check_dataset(kind: str, data: Path) -> str:
+    """Validate `data` for `kind` without loading torch; returns a one-line summary of what was found."""
+    data = Path(data)
+    if not data.is_dir():
+        raise TrainingError(f"the dataset folder {data} does not exist; give --data the folder that holds train/")
+    return importlib.import_module(spec(kind).module).check(data)
+
+
+def trainer(kind: str) -> Callable[..., Iterator[object]]:
+    """train(data, out, cfg, *, should_stop, resume) of `kind` (imports torch)."""
+    return importlib.import_module(spec(kind).module).train
+
+
+def default_out(cfg: Config, kind: str, data: Path) -> Path:
+    """<train.out>/<kind>-<dataset folder name>, numbered when taken."""
+    root = cfg.path(cfg.train.out)
+    name = f"{kind}-{Path(data).resolve().name}"
+    candidate, n = root / name, 2
+    while candidate.exists():
+        candidate, n = root / f"{name}-{n}", n + 1
+    return candidate
