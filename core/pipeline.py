@@ -10,35 +10,29 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import platform
 import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from core import __version__
 from core.config import Config, read_toml, with_overrides
 from core.engine.build import build_engine, mask_regions, self_train_requested
-from core.engine.chunks import Chunk, plan_chunks
+from core.engine.chunks import plan_chunks
 from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
 from core.errors import ConfigError
 from core.frames import FrameFolder, FrameReader, to_model_input
 from core.modes import Mode, ModeChoice, choose_mode, require_available
 from core.outputs.folder import MANIFEST, check_target, open_staging, publish, staging_path, write_json
 from core.outputs.checkpoint import Checkpoint, truncate_lines
+from core.outputs.manifest import build_manifest, utc_now
 from core.outputs.writer import PROMPTS_USED, OutputWriter, PreviewSettings
 from core.prompts import Prompts, load_prompts
 
 log = logging.getLogger(__name__)
 
 JOB_TOML = "job.toml"
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -103,6 +97,10 @@ def prepare_job(input_dir: Path, config: Config, *, mode: str | None = None, inb
         from core.models.yolo import resolve_yolo_path
 
         resolve_yolo_path(config)  # a missing detector fails now, before SAM2 loads
+    if choice.mode is Mode.UNET:
+        from core.training.unet_checkpoint import resolve_unet_path
+
+        resolve_unet_path(config)  # set, present and a U-Net checkpoint, checked without torch
     if choice.mode is Mode.REFINE:
         if not (input_dir / "masks").is_dir():
             raise ConfigError(f"refine mode needs a masks/ folder in {input_dir} with a mask per frame "
@@ -117,6 +115,21 @@ class ModelPool:
     def __init__(self):
         self._sam2: dict[tuple, object] = {}
         self._yolo: dict[tuple, object] = {}
+        self._unet: dict[tuple, object] = {}
+
+    def unet(self, cfg: Config):
+        from core.engine.unet import UnetSegmenter
+        from core.training.unet_checkpoint import resolve_unet_path
+
+        path = resolve_unet_path(cfg)
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, cfg.models.device)
+        if key not in self._unet:
+            self._unet.clear()
+            self._unet[key] = UnetSegmenter(path, cfg.models.device)
+        segmenter = self._unet[key]
+        segmenter.seconds = 0.0
+        return segmenter
 
     def yolo(self, cfg: Config, device: str):
         from core.models.yolo import Detector, resolve_yolo_path
@@ -165,9 +178,8 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     cfg = job.config
     started_at, t0 = utc_now(), time.perf_counter()
     check_target(out, cfg.output.overwrite)
-    prompts_id = hashlib.sha1(repr(job.prompts.objects).encode()).hexdigest()[:10]
-    plan = (f"{job.choice.mode.value}, {len(job.folder)} frames, chunks {cfg.chunking.chunk_size}/"
-            f"{cfg.chunking.overlap}, anchors {cfg.chunking.anchor_prompts}, prompts {prompts_id}")
+    unet = job.choice.mode is Mode.UNET
+    plan = _plan(job)
     # every mode resumes chunk by chunk, except detect with self-training (it trains in between)
     resumable = not (job.choice.mode is Mode.DETECT and self_train_requested(job.prompts, cfg))
     previous = Checkpoint.load(staging_path(out)) if resume and resumable else None
@@ -178,20 +190,16 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     ckpt = previous or Checkpoint(plan=plan)
     models = models or ModelPool()
     t_model = time.perf_counter()
-    tracker = models.sam2(cfg)
+    model = models.unet(cfg) if unet else models.sam2(cfg)  # the U-Net needs no SAM2
     model_seconds = time.perf_counter() - t_model
-    warnings: list[str] = []
-    if tracker.weights.is_random:
-        msg = ("SAM2 runs with RANDOM weights (models.sam2_weights = \"random\"): the masks are meaningless; "
-               "use this for tests and speed measurements only")
-        log.warning(msg)
-        warnings.append(msg)
+    warnings = _model_warnings(job, model)
 
     folder = job.folder
-    chunks = plan_chunks(len(folder), cfg.chunking.chunk_size, cfg.chunking.overlap)
+    # the U-Net looks at each frame alone: its chunks are resume points and need no shared frames
+    chunks = plan_chunks(len(folder), cfg.chunking.chunk_size, 0 if unet else cfg.chunking.overlap)
     import torch
 
-    size, device = tracker.image_size, tracker.device
+    size, device = model.image_size, model.device
 
     def prepare(rgb):
         return torch.from_numpy(to_model_input(rgb, size)).to(device, non_blocking=True)
@@ -202,10 +210,10 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     if previous is not None:
         truncate_lines(stage / PROMPTS_USED, previous.prompt_lines)
     writer = OutputWriter(stage, folder, preview=None if previous else preview, append_prompts=previous is not None,
-                          fill_hole_area=0 if tracker.sam2_fills_holes else _hole_area_at_video_res(cfg, folder))
+                          fill_hole_area=0 if unet or model.sam2_fills_holes else _hole_area_at_video_res(cfg, folder))
     writer.frames_written, writer.prompt_lines = ckpt.frames_written, ckpt.prompt_lines
     writer.object_frames = dict(ckpt.object_frames)
-    engine = build_engine(job.choice.mode, job.folder, job.prompts, cfg, tracker=tracker, reader=reader,
+    engine = build_engine(job.choice.mode, job.folder, job.prompts, cfg, tracker=model, reader=reader,
                           chunks=chunks, scratch=stage, models=models, should_stop=should_stop,
                           resume_from=(ckpt, stage) if previous is not None else None)
     resumed_from = None
@@ -252,10 +260,50 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
         raise RuntimeError(f"internal error: wrote {writer.frames_written} of {len(folder)} masks")
 
     total = time.perf_counter() - t0
-    manifest = _manifest(job, out, chunks, ckpt.chunk_log, tracker, warnings, writer, ckpt.prompt_counts,
-                         started_at=started_at, total=total, model_seconds=model_seconds,
-                         frame_wait=reader.wait_seconds)
+    manifest = build_manifest(job, out, chunks, ckpt.chunk_log, model, warnings, writer, ckpt.prompt_counts,
+                              prompts=Prompts() if unet else job.prompts, started_at=started_at, total=total,
+                              model_seconds=model_seconds, frame_wait=reader.wait_seconds)
     manifest["resumed_from_frame"] = resumed_from
+    _add_engine_records(manifest, engine, cfg, stage, out)
+    Checkpoint.clear(stage)
+    for scratch in stage.glob(".*"):  # hand-over partials, datasets, training runs
+        shutil.rmtree(scratch, ignore_errors=True) if scratch.is_dir() else scratch.unlink(missing_ok=True)
+    write_json(stage / MANIFEST, manifest)
+    publish(stage, out, cfg.output.overwrite)
+    yield JobFinished(out, manifest)
+
+
+def _plan(job: PreparedJob) -> str:
+    """What the chunks and their results depend on; a resume with another plan starts over."""
+    cfg = job.config
+    if job.choice.mode is Mode.UNET:
+        from core.training.unet_checkpoint import resolve_unet_path
+
+        path = resolve_unet_path(cfg)
+        st = path.stat()
+        return (f"unet, {len(job.folder)} frames, chunks {cfg.chunking.chunk_size}, model {path.resolve()} "
+                f"{st.st_size} {st.st_mtime_ns}, threshold {cfg.models.unet_threshold}")
+    prompts_id = hashlib.sha1(repr(job.prompts.objects).encode()).hexdigest()[:10]
+    return (f"{job.choice.mode.value}, {len(job.folder)} frames, chunks {cfg.chunking.chunk_size}/"
+            f"{cfg.chunking.overlap}, anchors {cfg.chunking.anchor_prompts}, prompts {prompts_id}")
+
+
+def _model_warnings(job: PreparedJob, model) -> list[str]:
+    warnings = []
+    if job.choice.mode is Mode.UNET:
+        if job.prompts.objects:
+            warnings.append(f"unet mode takes no prompts: the {len(job.prompts.objects)} object(s) in "
+                            "prompts.json were ignored (the U-Net marks its one trained object as id 1)")
+    elif model.weights.is_random:
+        warnings.append("SAM2 runs with RANDOM weights (models.sam2_weights = \"random\"): the masks are "
+                        "meaningless; use this for tests and speed measurements only")
+    for msg in warnings:
+        log.warning(msg)
+    return warnings
+
+
+def _add_engine_records(manifest: dict, engine, cfg: Config, stage: Path, out: Path) -> None:
+    """What only some engines know: refine's dropped components, the detector, a self-trained detector."""
     dropped = getattr(getattr(engine, "source", None), "dropped", 0)
     if dropped:
         manifest["warnings"].append(f"refine: {dropped} mask component(s) had a mean difference under "
@@ -275,12 +323,6 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
         manifest["models"]["yolo_self_trained"] = {"path": str(out / "detector.pt"),
                                                   "train_frames": engine.train_frames,
                                                   "settings": dataclasses.asdict(engine.settings)}
-    Checkpoint.clear(stage)
-    for scratch in stage.glob(".*"):  # hand-over partials, datasets, training runs
-        shutil.rmtree(scratch, ignore_errors=True) if scratch.is_dir() else scratch.unlink(missing_ok=True)
-    write_json(stage / MANIFEST, manifest)
-    publish(stage, out, cfg.output.overwrite)
-    yield JobFinished(out, manifest)
 
 
 def _hole_area_at_video_res(cfg: Config, folder: FrameFolder) -> int:
@@ -289,65 +331,3 @@ def _hole_area_at_video_res(cfg: Config, folder: FrameFolder) -> int:
         return 0
     low = cfg.models.image_size / 4
     return int(round(cfg.output.fill_hole_area * (folder.width / low) * (folder.height / low)))
-
-
-def _versions() -> dict[str, str]:
-    import sys
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"reelmask": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("torch", "sam2", "numpy", "opencv-python", "ultralytics"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def _manifest(job: PreparedJob, out: Path, chunks: list[Chunk], chunk_log: dict, tracker, warnings: list[str],
-              writer: OutputWriter, prompt_counts: dict[int, int], *, started_at: str, total: float,
-              model_seconds: float, frame_wait: float) -> dict:
-    folder, prompts = job.folder, job.prompts
-    ids = sorted(set(prompts.object_ids) | set(writer.object_frames))
-    objects = [
-        {"id": o, "first_prompt_frame": prompts.first_frame(o) if o in prompts.object_ids else None,
-         "user_prompts": len(prompts.for_object(o)), "prompts_given": prompt_counts.get(o, 0),
-         "frames_with_mask": writer.object_frames.get(o, 0)}
-        for o in ids
-    ]
-    w = tracker.weights
-    return {
-        "reelmask": __version__,
-        "job_id": job.job_id,
-        "name": job.input.name,
-        "mode": job.choice.mode.value,
-        "mode_reason": job.choice.reason,
-        "input": str(job.input.resolve()),
-        "output": str(out.resolve()),
-        "frames": len(folder),
-        "frame_size": [folder.width, folder.height],
-        "first_frame": folder.names[0],
-        "last_frame": folder.names[-1],
-        "objects": objects,
-        "chunks": [chunk_log.get(c.index, {"index": c.index, "start": c.start, "end": c.end - 1, "sweeps": []})
-                   for c in chunks],
-        "models": {"sam2": {"name": w.variant.name, "config": w.variant.config,
-                            "checkpoint": str(w.checkpoint) if w.checkpoint else None,
-                            "image_size": tracker.image_size, "device": str(tracker.device),
-                            "dtype": tracker.dtype}},
-        "weights": {"sam2": w.sha256},
-        "config": job.config.to_dict(),
-        "timings": {
-            "total_seconds": round(total, 3),
-            "model_load_seconds": round(model_seconds, 3),
-            "sam2_seconds": round(tracker.seconds, 3),
-            "frame_wait_seconds": round(frame_wait, 3),
-            "frames_per_second": round(len(folder) / total, 3) if total > 0 else None,
-        },
-        "versions": _versions(),
-        "warnings": warnings,
-        "resumed_from_frame": None,
-        "started_at": started_at,
-        "finished_at": utc_now(),
-    }
-

@@ -35,5 +35,6 @@ def test_unknown_mode_is_named(tmp_path: Path):
 
 def test_modes_of_later_releases_say_so():
     require_available(Mode.TRACK)
+    require_available(Mode.UNET)
     with pytest.raises(ModeNotAvailable, match="mode 'matting' is not available yet"):
         require_available(Mode.MATTING)

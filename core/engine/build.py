@@ -15,7 +15,9 @@ from core.prompts import Prompts
 def build_engine(mode: Mode, folder: FrameFolder, prompts: Prompts, cfg: Config, *, tracker, reader: FrameReader,
                  chunks: list[Chunk], scratch: Path, models, should_stop: Callable[[], bool],
                  resume_from=None):
-    """The engine for `mode`; `resume_from` = (checkpoint, staging folder) continues an interrupted job."""
+    """The engine for `mode`; `resume_from` = (checkpoint, staging folder) continues an interrupted job.
+
+    `tracker` is the mode's model: the SAM2 tracker, or for unet mode the U-Net segmenter."""
     ckpt, stage = resume_from if resume_from else (None, None)
     if mode is Mode.TRACK:
         from core.engine.track import TrackEngine
@@ -24,7 +26,12 @@ def build_engine(mode: Mode, folder: FrameFolder, prompts: Prompts, cfg: Config,
                            anchor_prompts=cfg.chunking.anchor_prompts, should_stop=should_stop,
                            done=set(ckpt.done) if ckpt else frozenset(),
                            handovers=ckpt.handovers(stage) if ckpt else None)
-    if mode is Mode.DETECT:
+    if mode is Mode.UNET:
+        from core.engine.unet import UnetEngine
+
+        engine = UnetEngine(tracker, folder, reader, chunks, threshold=cfg.models.unet_threshold,
+                            should_stop=should_stop)
+    elif mode is Mode.DETECT:
         engine = _detect_engine(folder, prompts, cfg, models, tracker, reader, chunks, scratch, should_stop)
     else:
         engine = _keyframe_engine(mode, folder, cfg, tracker, reader, chunks, should_stop)

@@ -1,0 +1,198 @@
+"""`reelmask train unet`: the direct U-Net binary segmenter of seed 000, trained with plain PyTorch.
+
+`check` validates a dataset without torch (the dashboard calls it); `train` yields TrainStarted, a
+TrainStep per optimisation step, an EpochEnd per epoch and TrainFinished, writing into `out`:
+metrics.jsonl (one line per epoch), last.pt (every epoch, resumable) and best.pt (lowest val_loss,
+or train loss without validation). Dataset layouts: see core/training/unet_data.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from core import __version__
+from core.config import Config
+from core.errors import Cancelled, ModelError, TrainingError
+from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
+from core.training.unet_checkpoint import FORMAT, KIND, load_checkpoint, read_header, save_checkpoint
+from core.training.unet_data import Samples, find_dataset, split
+
+LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+# the normalisation of core.frames.to_model_input (ImageNet statistics), recorded for other readers
+NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "scale": 255.0}
+
+
+def check(data: Path) -> str:
+    """Validate the dataset layout and every image/mask header; a one-line summary of what was found."""
+    return find_dataset(Path(data)).summary()
+
+
+def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool] = lambda: False,
+          resume: bool = False) -> Iterator[object]:
+    """Train a U-Net on `data` into `out`; yields training events. Raises Cancelled when should_stop()."""
+    t = cfg.train
+    data, out = Path(data), Path(out)
+    parts = split(find_dataset(data), t.val_fraction, t.seed)
+    previous = _previous_run(out, resume)
+    if previous is not None and previous["img_size"] != t.img_size:
+        raise TrainingError(f"{out / LAST} was trained at train.img_size = {previous['img_size']}; resume with "
+                            f"--set train.img_size={previous['img_size']} or choose another --out")
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from core.models.sam2_model import pick_device
+    from core.training.unet_model import DEFAULT_ARCH, build_unet, frame_ious, segmentation_loss
+
+    began = time.perf_counter()
+    device = pick_device(cfg.models.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(t.seed)
+    arch = dict(previous["arch"]) if previous else dict(DEFAULT_ARCH)
+    model = build_unet(arch).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+    history: list[dict] = []
+    best: dict | None = None
+    start = 1
+    out.mkdir(parents=True, exist_ok=True)
+    if previous is not None:
+        model.load_state_dict(previous["model"])
+        optimizer.load_state_dict(previous["optimizer"])
+        for group in optimizer.param_groups:
+            group["lr"] = t.lr  # the configured rate wins over the saved one
+        history = [dict(m) for m in previous["history"]][: previous["epoch"]]
+        best, start = previous.get("best"), previous["epoch"] + 1
+        _write_lines(out / METRICS, history)
+        _restore_best(out, previous)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+
+    train_set = Samples(parts.train, t.img_size, augment=True, seed=t.seed)
+    val_set = Samples(parts.val, t.img_size)
+    loader_options = {"batch_size": t.batch_size, "num_workers": t.workers, "pin_memory": cuda}
+    steps = math.ceil(len(train_set) / t.batch_size)
+    total = steps * max(0, t.epochs - start + 1)
+    yield TrainStarted(KIND, t.epochs, steps, len(train_set), len(val_set), str(device), start)
+
+    step = 0
+    for epoch in range(start, t.epochs + 1):
+        epoch_began = time.perf_counter()
+        train_set.epoch = epoch
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
+        model.train()
+        loss_sum, seen = 0.0, 0
+        for x, y in _batches(DataLoader(train_set, sampler=order.tolist(), **loader_options), should_stop):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+                logits = model(x)
+            loss = segmentation_loss(logits, y)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingError(f"the loss became {value} in epoch {epoch}; lower train.lr "
+                                    f"(now {t.lr}) and start again with another --out")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            loss_sum, seen = loss_sum + value * len(x), seen + len(x)
+            yield TrainStep(epoch, step, total, value)
+
+        val_loss = val_iou = None
+        if len(val_set):
+            model.eval()
+            v_loss, v_ious = 0.0, []
+            with torch.inference_mode():
+                for x, y in _batches(DataLoader(val_set, shuffle=False, **loader_options), should_stop):
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+                        logits = model(x)
+                    v_loss += segmentation_loss(logits, y).item() * len(x)
+                    v_ious.extend(frame_ious(logits, y).tolist())
+            val_loss, val_iou = round(v_loss / len(val_set), 6), round(sum(v_ious) / len(v_ious), 6)
+        seconds = time.perf_counter() - epoch_began
+        metrics = {"epoch": epoch, "train_loss": round(loss_sum / seen, 6), "val_loss": val_loss,
+                   "val_iou": val_iou, "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
+                   "train_items": len(train_set), "val_items": len(val_set)}
+        history.append(metrics)
+        score = val_loss if val_loss is not None else metrics["train_loss"]
+        is_best = best is None or score < best["value"]
+        if is_best:
+            best = {"epoch": epoch, "value": score}
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        ckpt = {"kind": KIND, "format": FORMAT, "arch": arch, "img_size": t.img_size, "normalize": NORMALIZE,
+                "epoch": epoch, "metrics": metrics, "model": weights, "reelmask": __version__}
+        # last.pt first: it holds the history and which epoch is best, so a crash anywhere later
+        # can be repaired by --resume (metrics.jsonl rewritten, best.pt restored from last.pt)
+        save_checkpoint(out / LAST, {**ckpt, "optimizer": optimizer.state_dict(), "history": history,
+                                     "best": best, "split": parts.how, "data": str(data.resolve())})
+        if is_best:
+            save_checkpoint(out / BEST, ckpt)
+        _write_lines(out / METRICS, history)
+        yield EpochEnd(epoch, metrics, is_best, seconds)
+
+    best_metrics = next((m for m in history if best and m["epoch"] == best["epoch"]), {})
+    yield TrainFinished(out, out / BEST, out / LAST, best_metrics, time.perf_counter() - began)
+
+
+def _previous_run(out: Path, resume: bool) -> dict | None:
+    """last.pt of an earlier run in `out` when resuming; refuses to overwrite a run otherwise."""
+    taken = [name for name in (LAST, BEST, METRICS) if (out / name).exists()]
+    if not resume:
+        if taken:
+            raise TrainingError(f"{out} already holds a training run ({', '.join(taken)}); choose another --out, "
+                                "or pass --resume to continue it")
+        return None
+    if not (out / LAST).exists():
+        return None  # nothing finished yet: start from epoch 1
+    try:
+        data = load_checkpoint(out / LAST)
+    except Exception as e:
+        raise TrainingError(f"cannot resume from {out / LAST} ({e}); choose another --out to start over") from e
+    if "optimizer" not in data or "history" not in data:
+        raise TrainingError(f"{out / LAST} is not a resumable last.pt (no optimizer state); choose another --out")
+    return data
+
+
+def _restore_best(out: Path, previous: dict) -> None:
+    """If the epoch of last.pt was the best one but best.pt missed it (a crash in between), write it."""
+    best = previous.get("best") or {}
+    if best.get("epoch") != previous["epoch"]:
+        return
+    try:
+        if read_header(out / BEST)["epoch"] == best["epoch"]:
+            return
+    except ModelError:  # missing or unreadable: write it again
+        pass
+    keep = ("kind", "format", "arch", "img_size", "normalize", "epoch", "metrics", "model", "reelmask")
+    save_checkpoint(out / BEST, {k: previous[k] for k in keep if k in previous})
+
+
+def _batches(loader, should_stop: Callable[[], bool]) -> Iterator[object]:
+    """The loader's batches, checking should_stop before each; a dataset error from a worker process
+    comes back as the one-line TrainingError it was."""
+    batches = iter(loader)
+    while True:
+        if should_stop():
+            raise Cancelled("training cancelled; last.pt holds the last finished epoch (--resume continues)")
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except TrainingError as e:
+            last_line = str(e).strip().splitlines()[-1]
+            raise TrainingError(last_line.split("TrainingError: ", 1)[-1]) from None
+        yield batch
+
+
+def _write_lines(path: Path, lines: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(line) + "\n" for line in lines)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

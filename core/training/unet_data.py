@@ -1,0 +1,234 @@
+"""Datasets of frames with masks for the U-Net trainer: finding pairs, splitting, loading samples.
+
+Accepted layouts (a "video" is a folder with images/ and masks/):
+
+    DATA/train/<video>/{images,masks}  [+ DATA/test/<video>/{images,masks} for validation]
+    DATA/<video>/{images,masks}        every video trains
+    DATA/{images,masks}                one video
+
+Masks are PNGs named after their image (00012.png for 00012.jpg); any nonzero pixel is the object.
+Nothing here imports torch: the dashboard checks datasets with it, and the DataLoader takes the
+sample class as it is.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import UnidentifiedImageError
+
+from core.errors import FrameFolderError, TrainingError
+from core.frames import _pil_open, decode_rgb, is_frame_name, natural_key, to_model_input
+
+IMAGES, MASKS = "images", "masks"
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: Path
+    mask: Path
+
+
+@dataclass(frozen=True)
+class Video:
+    """The frames of one video that have a mask, in natural order."""
+
+    name: str
+    root: Path
+    pairs: tuple[Pair, ...]
+    unmasked: int = 0  # images without a mask (skipped)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: tuple[Video, ...]
+    test: tuple[Video, ...] = ()   # from DATA/test; empty = hold part of train out
+    root: Path = field(default=Path("."))
+
+    @property
+    def unmasked(self) -> int:
+        return sum(v.unmasked for v in (*self.train, *self.test))
+
+    def summary(self) -> str:
+        """One line: what was found (the format `reelmask train` and the dashboard show)."""
+        def part(videos: tuple[Video, ...], what: str) -> str:
+            n = sum(len(v.pairs) for v in videos)
+            return f"{len(videos)} video{'s' if len(videos) != 1 else ''}, {n} frames{what}"
+
+        text = part(self.train, " with masks (train)")
+        text += f", {part(self.test, ' (test)')}" if self.test else ", no test/ (part of train is held out)"
+        if self.unmasked:
+            text += f"; {self.unmasked} frame{'s' if self.unmasked != 1 else ''} without a mask skipped"
+        return text
+
+
+def find_dataset(data: Path) -> Dataset:
+    """Find the videos of `data` and check every image and mask header; raises TrainingError."""
+    data = Path(data)
+    if not data.is_dir():
+        raise TrainingError(f"the dataset folder {data} does not exist; give --data the folder that holds "
+                            "train/<video>/images and masks")
+    if (data / "train").is_dir():
+        train = _videos(data / "train")
+        test = _videos(data / "test") if (data / "test").is_dir() else ()
+        if (data / "test").is_dir() and not test:
+            raise TrainingError(f"{data / 'test'} holds no video with image+mask pairs; add <video>/images and "
+                                "<video>/masks there, or remove test/ to hold out part of train/ instead")
+    else:
+        train, test = _videos(data), ()
+    if not train:
+        where = data / "train" if (data / "train").is_dir() else data
+        raise TrainingError(
+            f"no image+mask pairs in {where}; expected <video>/images/00000.jpg with <video>/masks/00000.png "
+            "(or images/ and masks/ directly in it)")
+    return Dataset(tuple(train), tuple(test), data)
+
+
+def _videos(root: Path) -> tuple[Video, ...]:
+    """root itself when it has images/, else each sub-folder with images/; videos without pairs dropped."""
+    if (root / IMAGES).is_dir():
+        candidates = [root]
+    else:
+        candidates = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                            key=lambda p: natural_key(p.name))
+        candidates = [p for p in candidates if (p / IMAGES).is_dir() or (p / MASKS).is_dir()]
+    videos = []
+    for folder in candidates:
+        video = _video(folder)
+        if video.pairs:
+            videos.append(video)
+    return tuple(videos)
+
+
+def _video(folder: Path) -> Video:
+    images_dir, masks_dir = folder / IMAGES, folder / MASKS
+    for needed in (images_dir, masks_dir):
+        if not needed.is_dir():
+            raise TrainingError(f"{folder} has no {needed.name}/ folder; a video needs images/ (frames) and "
+                                "masks/ (a PNG per frame, same name)")
+    masks = {p.stem: p for p in masks_dir.iterdir() if is_frame_name(p.name) and p.suffix.lower() == ".png"}
+    images = sorted((p for p in images_dir.iterdir() if is_frame_name(p.name) and p.is_file()),
+                    key=lambda p: natural_key(p.name))
+    pairs, unmasked = [], 0
+    for image in images:
+        mask = masks.get(image.stem)
+        if mask is None:
+            unmasked += 1
+            continue
+        size = header_size(image, "image")
+        mask_size = header_size(mask, "mask")
+        if size != mask_size:
+            raise TrainingError(f"mask {mask} is {mask_size[0]}x{mask_size[1]} but its image {image} is "
+                                f"{size[0]}x{size[1]}; a mask must have the size of its image")
+        pairs.append(Pair(image, mask))
+    return Video(folder.resolve().name, folder, tuple(pairs), unmasked)
+
+
+def header_size(path: Path, what: str) -> tuple[int, int]:
+    """Width and height from the file header; a TrainingError naming the file when unreadable."""
+    try:
+        if path.stat().st_size == 0:
+            raise TrainingError(f"{what} {path} is an empty (0-byte) file; re-export it or remove it")
+        with _pil_open(path) as im:  # PIL's own opener, also when ultralytics replaced Image.open
+            im.verify()
+            return im.size
+    except TrainingError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise TrainingError(f"{what} {path} cannot be read as an image ({e}); re-export it or remove it") from e
+
+
+# ------------------------------------------------------------------ splitting
+
+@dataclass(frozen=True)
+class Split:
+    train: tuple[Pair, ...]
+    val: tuple[Pair, ...]
+    how: str  # a few words for logs: "test/", "2 of 5 videos", "last 20% of frames", "none"
+
+
+def split(dataset: Dataset, val_fraction: float, seed: int) -> Split:
+    """Validation = test/ when present; else `val_fraction` of the videos (at least one when there are
+    two or more), or of a single video's frames taken as its last ones, so neighbours do not leak."""
+    def flat(videos) -> tuple[Pair, ...]:
+        return tuple(p for v in videos for p in v.pairs)
+
+    if dataset.test:
+        return Split(flat(dataset.train), flat(dataset.test), "test/")
+    videos = dataset.train
+    if val_fraction <= 0:
+        return Split(flat(videos), (), "none")
+    if len(videos) >= 2:
+        n_val = min(len(videos) - 1, max(1, round(val_fraction * len(videos))))
+        held = set(random.Random(seed).sample(range(len(videos)), n_val))
+        val = [v for i, v in enumerate(videos) if i in held]
+        train = [v for i, v in enumerate(videos) if i not in held]
+        return Split(flat(train), flat(val), f"{n_val} of {len(videos)} videos ({', '.join(v.name for v in val)})")
+    pairs = videos[0].pairs
+    n_val = min(len(pairs) - 1, max(1, round(val_fraction * len(pairs))))
+    if n_val <= 0:
+        return Split(pairs, (), "none")
+    return Split(pairs[:-n_val], pairs[-n_val:], f"last {n_val} of {len(pairs)} frames")
+
+
+# ------------------------------------------------------------------ samples
+
+def read_binary_mask(path: Path) -> np.ndarray:
+    """HxW bool: any nonzero pixel (palette index, grey value or colour) is the object."""
+    try:
+        with _pil_open(path) as im:
+            if im.mode in ("RGB", "RGBA"):
+                return np.asarray(im.convert("RGB")).any(axis=2)
+            if im.mode not in ("P", "L", "1", "I", "I;16", "F"):
+                im = im.convert("L")
+            return np.asarray(im) > 0
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise TrainingError(f"mask {path} cannot be read ({e}); re-export it or remove it") from e
+
+
+def load_sample(pair: Pair, size: int, flip: bool = False, gain: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(3xSxS normalised image, 1xSxS mask in 0..1) resized to `size`; `flip` mirrors both, `gain` scales
+    the brightness."""
+    try:
+        rgb = decode_rgb(pair.image)
+    except FrameFolderError as e:
+        raise TrainingError(f"image {pair.image} cannot be decoded (corrupt or truncated); re-export it or "
+                            "remove it") from e
+    mask = read_binary_mask(pair.mask).astype(np.float32)
+    if mask.shape != rgb.shape[:2]:
+        raise TrainingError(f"mask {pair.mask} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                            f"{rgb.shape[1]}x{rgb.shape[0]}; a mask must have the size of its image")
+    if gain != 1.0:
+        rgb = np.clip(rgb.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+    if flip:
+        rgb, mask = rgb[:, ::-1], mask[:, ::-1]
+    x = to_model_input(np.ascontiguousarray(rgb), size)
+    interp = cv2.INTER_AREA if size < max(mask.shape) else cv2.INTER_LINEAR
+    y = cv2.resize(np.ascontiguousarray(mask), (size, size), interpolation=interp)[None]
+    return x, np.ascontiguousarray(y, dtype=np.float32)
+
+
+class Samples:
+    """Map-style dataset for torch's DataLoader (no torch needed): index -> (image, mask) arrays.
+
+    With `augment`, each sample is flipped left-right with probability 1/2 and its brightness scaled
+    by up to +-15%, drawn from (seed, epoch, index) so a run is the same with any number of workers.
+    """
+
+    def __init__(self, pairs: tuple[Pair, ...], size: int, *, augment: bool = False, seed: int = 0):
+        self.pairs, self.size, self.augment, self.seed = pairs, size, augment, seed
+        self.epoch = 0  # set before each epoch; workers get a fresh copy per epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        flip, gain = False, 1.0
+        if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            flip, gain = bool(rng.random() < 0.5), float(rng.uniform(0.85, 1.15))
+        return load_sample(self.pairs[index], self.size, flip, gain)
