@@ -297,6 +297,13 @@ class Store:
             "seconds = excluded.seconds, updated_at = excluded.updated_at",
             (job_id, sweep, idx, start, end, state, seconds, utc_now()))
 
+    def plan_chunk_rows(self, job_id: str, sweep: str, bounds: list[tuple[int, int, int]]) -> None:
+        """Rows in state "pending" for chunks (idx, start, end) not recorded yet (a resumed job keeps its own)."""
+        now = utc_now()
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO chunks (job_id, sweep, idx, start_frame, end_frame, state, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, 'pending', ?)", [(job_id, sweep, i, s, e, now) for i, s, e in bounds])
+
     def chunks(self, job_id: str) -> list[dict]:
         rows = self.conn.execute("SELECT sweep, idx, start_frame, end_frame, state, seconds FROM chunks "
                                  "WHERE job_id = ? ORDER BY sweep DESC, idx", (job_id,))

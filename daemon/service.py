@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from core.config import Config
+from core.errors import ReelmaskError
 from core.store import CommandKind, JobState, Store
 from daemon.metrics import Sampler
 from daemon.watcher import Inbox, InboxWatcher, tree_signature
@@ -128,6 +129,8 @@ class Daemon:
                 self._cancel(cmd.id, job)
             elif kind == CommandKind.RETRY.value:
                 self._retry(cmd.id, job)
+            elif kind == CommandKind.TRAIN.value:
+                self._train(cmd)
             elif kind in (CommandKind.PAUSE.value, CommandKind.RESUME.value):
                 self.store.set_setting("paused", "1" if kind == CommandKind.PAUSE.value else "0")
                 self.store.log("info", "queue paused" if kind == CommandKind.PAUSE.value else "queue resumed")
@@ -141,6 +144,10 @@ class Daemon:
             if self.store.job(job.id).state != JobState.RUNNING.value:
                 self.store.finish_command(cmd_id, "rejected", f"job {job.id} is already {job.state}")
             return  # running: the worker sees the pending command within a frame and finishes it
+        if job.kind == "train":  # a dataset is never moved; the reason is in the job row and the log
+            self.store.log("warning", f"{job.name}: cancelled", job.id)
+            self.store.finish_command(cmd_id, "done")
+            return
         failed = self.cfg.path(self.cfg.paths.failed)
         current = Path(job.input_path)
         with self.inbox_lock:
@@ -151,6 +158,21 @@ class Daemon:
         self.store.update_job(job.id, input_path=str(target if job.source == "inbox" else current))
         self.store.log("warning", f"{job.name}: cancelled", job.id)
         self.store.finish_command(cmd_id, "done")
+
+    def _train(self, cmd) -> None:
+        """A training request (from the dashboard's form): check it, then queue it as a job."""
+        from core.training.registry import queue_training
+
+        p = cmd.payload
+        try:
+            if not p.get("kind") or not p.get("data"):
+                raise ReelmaskError("a train command needs a kind and a dataset folder")
+            job_id = queue_training(self.store, self.cfg, p["kind"], p["data"], p.get("out") or None, p.get("sets") or ())
+        except ReelmaskError as e:
+            self.store.finish_command(cmd.id, "rejected", str(e))
+            self.store.log("error", f"training request refused: {e}")
+            return
+        self.store.finish_command(cmd.id, "done", job_id)
 
     def _retry(self, cmd_id: int, job) -> None:
         if job.state not in (JobState.FAILED.value, JobState.CANCELLED.value):
@@ -165,7 +187,9 @@ class Daemon:
             work = self.cfg.path(self.cfg.paths.work)
             current = move_folder(current, work / job.id, job.name)
         self.store.clear_job_details(job.id)
-        self.store.update_job(job.id, input_path=str(current), output_path=None)
+        # a training run keeps its folder: the retry continues from its last.pt
+        self.store.update_job(job.id, input_path=str(current),
+                              output_path=job.output_path if job.kind == "train" else None)
         self.store.requeue(job.id)
         self.store.log("info", f"{job.name}: queued again (retry)", job.id)
         self.store.finish_command(cmd_id, "done")

@@ -17,6 +17,8 @@ import traceback
 from pathlib import Path
 
 from core.config import Config
+from core.engine.build import self_train_requested
+from core.engine.chunks import plan_chunks
 from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, Phase
 from core.errors import Cancelled, ReelmaskError
 from core.outputs.folder import staging_path
@@ -89,7 +91,12 @@ class Worker:
             return False
         self.current = job.id
         try:
-            self._execute(job)
+            if job.kind == "train":
+                from daemon.training import TrainingRun
+
+                TrainingRun(self.store, self.cfg, job, self.stop).execute()
+            else:
+                self._execute(job)
         finally:
             self.current = None
         return True
@@ -131,6 +138,10 @@ class Worker:
             prepared = prepare_job(input_dir, cfg, mode=job.mode, inbox_mode=job.inbox_mode, job_id=job.id,
                                    inbox_root=input_dir)
             store.update_job(job.id, mode=prepared.choice.mode.value, frames_total=len(prepared.folder))
+            c = prepared.config.chunking
+            if not self_train_requested(prepared.prompts, prepared.config):  # its chunks are planned after training
+                store.plan_chunk_rows(job.id, "forward", [(k.index, k.start, k.end - 1) for k in
+                                                          plan_chunks(len(prepared.folder), c.chunk_size, c.overlap)])
             store.log("info", f"{job.name}: {prepared.choice.mode.value} ({prepared.choice.reason}), "
                               f"{len(prepared.folder)} frames, attempt {job.attempts}", job.id)
             manifest = None

@@ -45,6 +45,22 @@ def make_clip(root: Path, n: int = 12, size: tuple[int, int] = (160, 120), name:
     return root
 
 
+def make_seg_dataset(root: Path) -> Path:
+    """A tiny seed-000 layout dataset: train/{a,b}/{images,masks}, 3 frames each, a disc and its mask."""
+    for video in ("a", "b"):
+        images, masks = root / "train" / video / "images", root / "train" / video / "masks"
+        images.mkdir(parents=True)
+        masks.mkdir(parents=True)
+        for i in range(3):
+            img = np.full((32, 48, 3), 90, np.uint8)
+            mask = np.zeros((32, 48), np.uint8)
+            cv2.circle(img, (10 + 8 * i, 16), 6, (230, 60, 40), -1)
+            cv2.circle(mask, (10 + 8 * i, 16), 6, 255, -1)
+            cv2.imwrite(str(images / f"{i:04d}.jpg"), img)
+            cv2.imwrite(str(masks / f"{i:04d}.png"), mask)
+    return root
+
+
 def point_prompt(size=(160, 120), frame: int = 0, obj: int = 1) -> dict:
     w, h = size
     return {"id": obj, "frame": frame, "points": [[int(w * 0.15), int(h * 0.35)]], "labels": [1]}

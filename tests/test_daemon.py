@@ -201,9 +201,11 @@ def test_commands_step_by_step(tmp_path: Path):
     assert (tmp_path / "done" / "clip").is_dir()
     assert {c["state"] for c in store.chunks(job_id)} == {"done"}
     store.add_command("train", payload={"kind": "unet"})
+    store.add_command("train", payload={"kind": "matting", "data": str(tmp_path)})
     daemon.handle_commands()
-    row = store.conn.execute("SELECT state, result FROM commands ORDER BY id DESC LIMIT 1").fetchone()
-    assert row[0] == "rejected" and "not available" in row[1]
+    rows = store.conn.execute("SELECT state, result FROM commands ORDER BY id DESC LIMIT 2").fetchall()
+    assert rows[1][0] == "rejected" and "needs a kind and a dataset folder" in rows[1][1]
+    assert rows[0][0] == "rejected" and "not available" in rows[0][1]
 
 
 def test_submit_status_and_service_unit(tmp_path: Path):

@@ -62,3 +62,22 @@ def default_out(cfg: Config, kind: str, data: Path) -> Path:
     while candidate.exists():
         candidate, n = root / f"{name}-{n}", n + 1
     return candidate
+
+
+def queue_training(store, cfg: Config, kind: str, data: Path | str, out: Path | str | None = None,
+                   sets: list[str] | tuple[str, ...] = ()) -> str:
+    """Check the request and add a training job (kind "train", mode = KIND) for the daemon."""
+    data = Path(data).expanduser().resolve()
+    summary = check_dataset(kind, data)
+    target = Path(out).expanduser().resolve() if out else default_out(cfg, kind, data)
+    if (target / "last.pt").exists() or (target / "best.pt").exists():
+        raise TrainingError(f"{target} already holds a training run; choose another --out")
+    busy = [j for j in store.jobs(["queued", "running", "interrupted"]) if j.kind == "train" and j.output_path == str(target)]
+    if busy:
+        raise TrainingError(f"training job {busy[0].id} already writes to {target}; choose another --out")
+    target.mkdir(parents=True, exist_ok=True)  # claims the name, so the next default run is numbered
+    options = {"sets": list(sets)} if sets else None
+    job_id = store.add_job(f"{kind}: {data.name}", data, kind="train", mode=kind, source="train", options=options)
+    store.update_job(job_id, output_path=str(target))
+    store.log("info", f"training {kind} queued on {data} ({summary}) -> {target}", job_id)
+    return job_id

@@ -1,0 +1,134 @@
+"""Training jobs in the daemon: the trainer's events become progress rows, curves and epoch states.
+
+A training job's progress counts optimisation steps (frames_done / frames_total hold steps done /
+total), its "chunks" are epochs (sweep "epoch"), step losses and each epoch's metrics.jsonl line go
+to the train_metrics table. A job stopped by shutdown is interrupted and continues from last.pt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from core.config import Config, parse_sets, with_overrides
+from core.errors import Cancelled, ReelmaskError
+from core.store import Job, JobState, Store
+from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
+
+log = logging.getLogger(__name__)
+
+EPOCH = "epoch"
+
+
+class TrainingRun:
+    def __init__(self, store: Store, cfg: Config, job: Job, stop: threading.Event):
+        self.store, self.job, self.stop = store, job, stop
+        sets = job.option_values.get("sets")
+        self.cfg = with_overrides(cfg, parse_sets(sets), "reelmask train --set") if sets else cfg
+        self.every = cfg.daemon.progress_seconds
+        self.total = 0
+        self.done = 0
+        self.epoch: int | None = None
+        self.epochs = 0
+        self._last_write = 0.0
+        self._losses: list[float] = []
+        self._rate: list[tuple[float, int]] = []
+        self._cancel_checked = 0.0
+        self._cancelled = False
+
+    def should_stop(self) -> bool:
+        if self.stop.is_set() or self._cancelled:
+            return True
+        now = time.monotonic()
+        if now - self._cancel_checked >= 0.2:
+            self._cancel_checked = now
+            self._cancelled = self.store.has_pending_cancel(self.job.id)
+        return self._cancelled
+
+    def execute(self) -> None:
+        from core.training.registry import trainer
+
+        job, store = self.job, self.store
+        out = Path(job.output_path) if job.output_path else None
+        try:
+            if out is None:
+                raise ReelmaskError("this training job has no output folder; queue it again with `reelmask train --queue`")
+            store.log("info", f"training {job.mode} on {job.input_path} -> {out}, attempt {job.attempts}", job.id)
+            finished = None
+            for event in trainer(job.mode)(Path(job.input_path), out, self.cfg, should_stop=self.should_stop,
+                                           resume=True):
+                finished = self.on_event(event) or finished
+            store.finish_job(job.id, JobState.DONE)
+            if finished is not None:
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in finished.metrics.items() if isinstance(v, float))
+                store.log("info", f"training done: best {finished.best} ({shown})", job.id)
+        except Cancelled:
+            self._mark_epoch("pending" if self.stop.is_set() else "cancelled")
+            if self.stop.is_set():
+                store.finish_job(job.id, JobState.INTERRUPTED)
+                store.log("warning", "training interrupted by shutdown; continues from last.pt", job.id)
+            else:
+                store.finish_job(job.id, JobState.CANCELLED, error="The training was cancelled before it finished.")
+                store.log("warning", "training cancelled; last.pt keeps the last finished epoch", job.id)
+                for cmd in store.pending_commands():
+                    if cmd.kind == "cancel" and cmd.job_id == job.id:
+                        store.finish_command(cmd.id, "done", "cancelled while running")
+        except Exception as e:
+            self._mark_epoch("failed")
+            reason = str(e) if isinstance(e, ReelmaskError) else \
+                f"reelmask hit an internal error while training ({type(e).__name__}: {e})."
+            store.finish_job(job.id, JobState.FAILED, error=reason, detail=traceback.format_exc())
+            store.log("error", f"training failed: {reason}", job.id)
+            log.error("training job %s failed: %s", job.id, reason)
+
+    def on_event(self, event: object) -> TrainFinished | None:
+        store, job_id = self.store, self.job.id
+        if isinstance(event, TrainStarted):
+            self.epochs = event.epochs
+            self.total = event.epochs * event.steps_per_epoch
+            self.done = (event.start_epoch - 1) * event.steps_per_epoch
+            store.update_job(job_id, frames_total=self.total)
+            for e in range(event.start_epoch, event.epochs + 1):
+                store.set_chunk(job_id, EPOCH, e, self.done, self.done, "pending")
+            store.log("info", f"{event.train_items} training / {event.val_items} validation samples, "
+                              f"{event.epochs} epochs from {event.start_epoch}, {event.steps_per_epoch} steps each, "
+                              f"on {event.device}", job_id)
+            self._flush(force=True)
+        elif isinstance(event, TrainStep):
+            if event.epoch != self.epoch:
+                self.epoch = event.epoch
+                store.set_chunk(job_id, EPOCH, event.epoch, self.done, self.done, "running")
+            self.done += 1
+            self._losses.append(event.loss)
+            self._flush()
+        elif isinstance(event, EpochEnd):
+            self._flush(force=True)
+            store.add_train_metric(job_id, event.epoch, self.done, None, event.metrics)
+            store.set_chunk(job_id, EPOCH, event.epoch, self.done, self.done, "done", round(event.seconds, 3))
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in event.metrics.items() if isinstance(v, float))
+            store.log("info", f"epoch {event.epoch}/{self.epochs}: {shown}{' (best)' if event.best else ''}", job_id)
+            self.epoch = None
+        elif isinstance(event, TrainFinished):
+            return event
+        return None
+
+    def _flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        self._rate.append((now, self.done))
+        self._rate = [r for r in self._rate if now - r[0] <= 10.0]
+        if not force and now - self._last_write < self.every:
+            return
+        self._last_write = now
+        if self._losses:  # the mean loss since the last write: one curve point per write, not per step
+            self.store.add_train_metric(self.job.id, self.epoch or 0, self.done, sum(self._losses) / len(self._losses))
+            self._losses = []
+        first = self._rate[0]
+        rate = (self.done - first[1]) / (now - first[0]) if now > first[0] else None
+        self.store.set_progress(self.job.id, self.done, self.total or None, round(rate, 3) if rate else None, self.epoch)
+
+    def _mark_epoch(self, state: str) -> None:
+        if self.epoch is not None:
+            self.store.set_chunk(self.job.id, EPOCH, self.epoch, self.done, self.done, state)
