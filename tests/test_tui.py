@@ -1,0 +1,250 @@
+"""The dashboard driven with Textual's Pilot: what it shows from SQLite and the commands it writes."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import types
+from itertools import count
+from pathlib import Path
+
+import pytest
+
+from core import store as store_module
+from core.cli import main as cli_main
+from core.config import load_config
+from core.store import Store
+from tests.conftest import make_clip, make_seg_dataset
+from tui.app import ReelmaskApp
+from tui.widgets import GpuPanel, JobPanel, QueueTable
+
+
+def _sync(fn):
+    """Run an async test body on its own event loop (no pytest async plugin needed)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+    return wrapper
+
+
+def _cfg(tmp_path: Path):
+    return load_config(None, [f"paths.db={tmp_path / 'state.db'}", "daemon.sample_seconds=1"], use_default_path=False)
+
+
+async def _settle(app, pilot) -> None:
+    """Let the refresh worker read the database and the widgets draw it."""
+    for _ in range(3):
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+@_sync
+async def test_submitted_jobs_appear_and_cancel_writes_a_command(tmp_path: Path, monkeypatch):
+    cfg = _cfg(tmp_path)
+    clip = make_clip(tmp_path / "clip_042", n=4)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[paths]\ndb = "{tmp_path / "state.db"}"\n')
+    assert cli_main(["submit", str(clip), "--config", str(config)]) == 0
+    store = Store(tmp_path / "state.db")
+    other = store.add_job("dog", tmp_path / "dog")
+    app = ReelmaskApp(cfg, refresh_seconds=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _settle(app, pilot)
+        table = app.query_one(QueueTable)
+        names = {str(table.get_row(k)[1]) for k in table.rows}
+        assert names == {"clip_042", "dog"}
+        assert "queue · all (2)" in str(table.border_title)
+        table.move_cursor(row=[str(k.value) for k in table.rows].index(other))
+        await _settle(app, pilot)
+        await pilot.press("c")
+        await pilot.pause()
+    commands = store.pending_commands()
+    assert [(c.kind, c.job_id) for c in commands] == [("cancel", other)]
+
+
+@_sync
+async def test_filter_pause_and_retry(tmp_path: Path):
+    cfg = _cfg(tmp_path)
+    store = Store(cfg.path(cfg.paths.db))
+    failed = store.add_job("broken", tmp_path / "broken")
+    store.add_job("fine", tmp_path / "fine")
+    store.finish_job(failed, store_module.JobState.FAILED, error="prompts.json: point outside the frame")
+    app = ReelmaskApp(cfg, refresh_seconds=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _settle(app, pilot)
+        table = app.query_one(QueueTable)
+        for _ in range(4):  # all -> queued -> running -> done -> failed
+            await pilot.press("f")
+        await _settle(app, pilot)
+        assert app.state_filter == "failed" and table.row_count == 1
+        assert "error: prompts.json: point outside the frame" in str(app.query_one("#job-info").render())
+        await pilot.press("r")
+        await pilot.press("p")
+        await pilot.pause()
+    assert [(c.kind, c.job_id) for c in store.pending_commands()] == [("retry", failed), ("pause", None)]
+
+
+@_sync
+async def test_the_training_form_queues_a_training_command(tmp_path: Path):
+    cfg = _cfg(tmp_path)
+    data = make_seg_dataset(tmp_path / "dataset")
+    app = ReelmaskApp(cfg, refresh_seconds=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _settle(app, pilot)
+        await pilot.press("t")
+        await pilot.pause()
+        form = app.screen
+        form.query_one("#data").value = str(tmp_path / "missing")
+        await pilot.click("#submit-training")
+        await pilot.pause(0.1)
+        assert "does not exist" in str(form.query_one("#train-error").render())  # refused, form stays open
+        form.query_one("#data").value = str(data)
+        form.query_one("#epochs").value = "3"
+        form.query_one("#size").value = "128"
+        await pilot.click("#submit-training")
+        for _ in range(50):  # the modal closes on the next message round
+            if app.screen is not form:
+                break
+            await pilot.pause(0.02)
+        assert app.screen is not form
+    [cmd] = Store(cfg.path(cfg.paths.db)).pending_commands()
+    assert cmd.kind == "train" and cmd.payload["kind"] == "unet" and cmd.payload["data"] == str(data.resolve())
+    assert {"train.epochs=3", "train.img_size=128", "train.batch_size=8"} <= set(cmd.payload["sets"])
+
+
+@_sync
+async def test_gpu_panel_without_a_gpu_shows_ram_and_process_memory(tmp_path: Path):
+    cfg = _cfg(tmp_path)
+    app = ReelmaskApp(cfg, refresh_seconds=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _settle(app, pilot)
+        # no daemon yet: the dashboard reads this machine itself (here: no GPU) and says so
+        status = str(app.query_one("#gpu-status").render())
+        assert "no memory samples from `reelmask daemon` yet" in status and "as the dashboard reads it" in status
+        label = str(app.query_one(GpuPanel).query_one("#device-label").render())
+        from core.memory import MemoryProbe
+
+        here = "cuda:0" if MemoryProbe().has_gpu else "No NVIDIA GPU on this machine"
+        assert here in label and "dashboard process" in label
+        Store(cfg.path(cfg.paths.db)).add_sample("cpu", "no NVIDIA GPU", 6144, 24576, 12.0, 900)
+        await pilot.pause(0.4)
+        await _settle(app, pilot)
+        label = str(app.query_one(GpuPanel).query_one("#device-label").render())
+        assert "No NVIDIA GPU on this machine" in label and "RAM 6.0 GiB/24.0 GiB" in label
+        assert "daemon process 900 MiB" in label
+
+
+def test_commands_are_in_the_palette_and_bindings_are_named():
+    names = {b.action: b.description for b in ReelmaskApp.BINDINGS}
+    assert names == {"cancel_job": "Cancel", "retry_job": "Retry", "toggle_pause": "Pause/Resume", "train": "Train",
+                     "cycle_filter": "Filter", "quit": "Quit"}
+
+
+@_sync
+async def test_palette_lists_the_actions(tmp_path: Path):
+    app = ReelmaskApp(_cfg(tmp_path))
+    async with app.run_test(size=(80, 24)):
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+    assert {"Cancel job", "Retry job", "Pause / resume queue", "Train a model", "Filter by state"} <= titles
+
+
+def test_the_dashboard_never_imports_torch(tmp_path: Path):
+    import subprocess
+    import sys
+
+    data = make_seg_dataset(tmp_path / "dataset")
+    code = ("import sys; import tui.app, tui.cli, tui.forms; from core.training.registry import check_dataset; "
+            f"print(check_dataset('unet', {str(data)!r}), file=sys.stderr); "
+            "print(','.join(m for m in ('torch', 'sam2', 'ultralytics') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "" and "2 videos" in out.stderr   # the form's dataset check needs no torch
+
+
+# ---------------------------------------------------------------- snapshots at a fixed size
+
+@pytest.fixture
+def fixed_state(tmp_path: Path, monkeypatch):
+    """A database with fixed ids and times: a running detect job, a queued one, a failed one, a
+    training job with a loss curve, and a fresh CPU memory sample."""
+    monkeypatch.chdir(tmp_path)
+    ids = count(1)
+    monkeypatch.setattr(store_module, "uuid", types.SimpleNamespace(
+        uuid4=lambda: types.SimpleNamespace(hex=f"{next(ids):02d}c0ffee0000000000")))
+    monkeypatch.setattr(store_module, "utc_now", lambda: "2026-11-21T08:00:00.000+00:00")
+    cfg = load_config(None, ["paths.db=state.db"], use_default_path=False)
+    s = Store(cfg.path(cfg.paths.db))
+    run = s.add_job("clip_042", "inbox/clip_042")
+    s.claim("worker-0-auto")
+    s.update_job(run, mode="detect", frames_total=240, output_path="outbox/clip_042")
+    s.set_progress(run, 130, 240, 6.5, 2)
+    s.plan_chunk_rows(run, "forward", [(i, i * 49, i * 49 + 49) for i in range(5)])
+    for i, state in enumerate(["done", "done", "running"]):
+        s.set_chunk(run, "forward", i, i * 49, i * 49 + 49, state, 7.5 if state == "done" else None)
+    s.log("info", "queued clip_042 from inbox", run)
+    s.log("warning", "chunk 1 (frames 49-98): no detection; carried on from the hand-over", run)
+    s.add_job("street_night", "inbox/street_night")
+    bad = s.add_job("broken_upload", "inbox/broken_upload")
+    s.finish_job(bad, store_module.JobState.FAILED, error="00017.jpg is truncated; copy the frame again")
+    s.log("error", "broken_upload: 00017.jpg is truncated; copy the frame again", bad)
+    train = s.add_job("unet: dataset", "dataset", kind="train", mode="unet", source="train")
+    s.update_job(train, output_path="runs/unet-dataset", frames_total=60)
+    s.set_progress(train, 40, 60, 2.0, 3)
+    for step, loss in enumerate([0.9, 0.8, 0.72, 0.6, 0.55, 0.47, 0.44, 0.4], start=1):
+        s.add_train_metric(train, 1 + step // 4, step * 5, loss)
+    s.add_train_metric(train, 2, 40, None, {"epoch": 2, "train_loss": 0.47, "val_loss": 0.51, "val_iou": 0.62})
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    s.add_sample("cpu", "no NVIDIA GPU", 9216, 24576, 35.0, 1300)
+    return cfg, {"run": run, "train": train}
+
+
+def _select(job_id):
+    async def run_before(pilot) -> None:
+        app = pilot.app
+        await _settle(app, pilot)
+        table = app.query_one(QueueTable)
+        table.move_cursor(row=[str(k.value) for k in table.rows].index(job_id))
+        await _settle(app, pilot)
+    return run_before
+
+
+def test_snapshot_queue_at_80x24(fixed_state, snap_compare):
+    cfg, ids = fixed_state
+    assert snap_compare(ReelmaskApp(cfg, refresh_seconds=60), terminal_size=(80, 24), run_before=_select(ids["run"]))
+
+
+def test_snapshot_training_job_at_120x36(fixed_state, snap_compare):
+    cfg, ids = fixed_state
+    assert snap_compare(ReelmaskApp(cfg, refresh_seconds=60), terminal_size=(120, 36), run_before=_select(ids["train"]))
+
+
+def test_snapshot_training_form_at_80x24(fixed_state, snap_compare):
+    cfg, _ = fixed_state
+
+    async def open_form(pilot) -> None:
+        await _settle(pilot.app, pilot)
+        await pilot.press("t")
+        await pilot.pause()
+
+    assert snap_compare(ReelmaskApp(cfg, refresh_seconds=60), terminal_size=(80, 24), run_before=open_form)
+
+
+@_sync
+async def test_job_panel_shows_chunks_and_prompts(fixed_state):
+    cfg, ids = fixed_state
+    out = Path("outbox") / ".clip_042.partial"
+    out.mkdir(parents=True)
+    (out / "prompts_used.jsonl").write_text(
+        '{"frame": 0, "object_id": 1, "source": "detector"}\n{"frame": 49, "object_id": 1, "source": "handover"}\n'
+        '{"frame": 60, "object_id": 2, "source": "detector"}\n')
+    app = ReelmaskApp(cfg, refresh_seconds=60)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await _select(ids["run"])(pilot)
+        panel = app.query_one(JobPanel)
+        strip = str(panel.query_one("#job-chunks").render())
+        info = str(panel.query_one("#job-info").render())
+    assert strip.startswith("forward ██▶··") and "2/5" in strip
+    assert "prompts: 2 detector, 1 handover; objects 1, 2" in info
+    assert "130/240 frames at 6.5/s, ETA 0:17" in info and "warning: chunk 1" in info

@@ -1,0 +1,1 @@
+"""The Textual dashboard (`reelmask tui`). It reads the state database and writes commands; no torch."""

@@ -1,0 +1,155 @@
+"""`reelmask tui`: the queue, the selected job, device memory and the event log, over SSH.
+
+State comes from the SQLite database on a worker thread every `refresh_seconds`; actions write
+commands (cancel, retry, pause/resume, train) that the daemon carries out. No torch in here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from textual import work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header
+
+from core.config import Config
+from core.store import CommandKind, Store
+from tui.forms import TrainForm, TrainRequest
+from tui.state import STATE_FILTERS, LocalMemory, Snapshot, read_snapshot
+from tui.widgets import EventLog, GpuPanel, JobPanel, QueueTable
+
+
+class ReelmaskApp(App):
+    CSS_PATH = "reelmask.tcss"
+    TITLE = "reelmask"
+    BINDINGS = [
+        Binding("c", "cancel_job", "Cancel"),
+        Binding("r", "retry_job", "Retry"),
+        Binding("p", "toggle_pause", "Pause/Resume"),
+        Binding("t", "train", "Train"),
+        Binding("f", "cycle_filter", "Filter"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    state_filter: reactive[str | None] = reactive(None)
+    snapshot: reactive[Snapshot | None] = reactive(None)
+
+    def __init__(self, cfg: Config, refresh_seconds: float = 1.0):
+        super().__init__()
+        self.cfg = cfg
+        self.refresh_seconds = refresh_seconds
+        self.db = cfg.path(cfg.paths.db)
+        self.store = Store(self.db)          # commands, written from the UI thread
+        self._reader: Store | None = None    # reads, on the refresh worker thread
+        self._local: LocalMemory | None = None
+        self._stale_after = max(10.0, 5 * cfg.daemon.sample_seconds)
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        yield QueueTable(id="queue")
+        with Horizontal(id="middle"):
+            yield JobPanel(id="job")
+            yield GpuPanel(id="gpu")
+        yield EventLog(id="log", max_lines=500, wrap=False, markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        try:  # the database the dashboard reads, short when it is under the working directory
+            self.sub_title = str(self.db.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            self.sub_title = str(self.db)
+        self.query_one("#queue").border_title = "queue"
+        self.query_one("#job").border_title = "job"
+        self.query_one("#gpu").border_title = "memory"
+        self.query_one("#log").border_title = "events"
+        self.query_one(QueueTable).focus()
+        self.reload()
+        self.set_interval(self.refresh_seconds, self.reload)
+
+    # ---------------------------------------------------------------- state
+
+    def reload(self) -> None:
+        self.read_state(self.query_one(QueueTable).selected_id, self.state_filter, self.query_one(EventLog).last_id)
+
+    @work(thread=True, exclusive=True, group="refresh")
+    def read_state(self, selected: str | None, state: str | None, last_event: int) -> None:
+        if self._reader is None:
+            self._reader = Store(self.db)
+            self._local = LocalMemory()
+        snap = read_snapshot(self._reader, selected, state, last_event, local=self._local,
+                             stale_after=self._stale_after)
+        self.call_from_thread(setattr, self, "snapshot", snap)
+
+    def watch_snapshot(self, snap: Snapshot | None) -> None:
+        if snap is None:
+            return
+        table = self.query_one(QueueTable)
+        table.show(snap)
+        shown = f"queue · {self.state_filter or 'all'} ({len(snap.jobs)})"
+        table.border_title = shown + (" · PAUSED" if snap.paused else "")
+        selected = table.selected_id
+        detail = snap.detail if snap.detail and snap.detail.job.id == selected else None
+        self.query_one(JobPanel).show(detail)
+        if selected and detail is None:  # the cursor moved since this snapshot was read
+            self.reload()
+        self.query_one(GpuPanel).show(snap, stale_after=self._stale_after)
+        self.query_one(EventLog).show(snap.events)
+
+    def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        self.reload()
+
+    def watch_state_filter(self, _value: str | None) -> None:
+        if self.is_mounted:
+            self.reload()
+
+    # ---------------------------------------------------------------- actions
+
+    def _selected(self) -> str | None:
+        job_id = self.query_one(QueueTable).selected_id
+        if job_id is None:
+            self.notify("no job selected", severity="warning")
+        return job_id
+
+    def action_cancel_job(self) -> None:
+        job_id = self._selected()
+        if job_id:
+            self.store.add_command(CommandKind.CANCEL, job_id)
+            self.notify(f"cancel requested for {job_id[:8]}")
+
+    def action_retry_job(self) -> None:
+        job_id = self._selected()
+        if job_id:
+            self.store.add_command(CommandKind.RETRY, job_id)
+            self.notify(f"retry requested for {job_id[:8]}")
+
+    def action_toggle_pause(self) -> None:
+        paused = self.store.setting("paused") == "1"
+        self.store.add_command(CommandKind.RESUME if paused else CommandKind.PAUSE)
+        self.notify("resume requested" if paused else "pause requested (the running job finishes)")
+
+    def action_cycle_filter(self) -> None:
+        i = STATE_FILTERS.index(self.state_filter)
+        self.state_filter = STATE_FILTERS[(i + 1) % len(STATE_FILTERS)]
+
+    def action_train(self) -> None:
+        self.push_screen(TrainForm(self.cfg), self._queue_training)
+
+    def _queue_training(self, request: TrainRequest | None) -> None:
+        if request is None:
+            return
+        self.store.add_command(CommandKind.TRAIN, payload=request.payload())
+        self.notify(f"training {request.kind} on {request.data} sent to the daemon")
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Cancel job", "Cancel the selected job (c)", self.action_cancel_job)
+        yield SystemCommand("Retry job", "Queue the selected failed or cancelled job again (r)", self.action_retry_job)
+        yield SystemCommand("Pause / resume queue", "Stop or restart claiming queued jobs (p)", self.action_toggle_pause)
+        yield SystemCommand("Train a model", "Open the training form (t)", self.action_train)
+        yield SystemCommand("Filter by state", "Show all, queued, running, done, failed ... jobs (f)",
+                            self.action_cycle_filter)

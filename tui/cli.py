@@ -1,0 +1,27 @@
+"""`reelmask tui`, added to the CLI through an entry point."""
+
+from __future__ import annotations
+
+import argparse
+
+from core.cli import _config, command
+
+
+def _tui_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--refresh", type=float, default=1.0, metavar="SECONDS", help="how often to re-read the state (default 1)")
+
+
+@command(_tui_args)
+def cmd_tui(args: argparse.Namespace) -> int:
+    """Open the dashboard: queue, job progress, GPU memory, events; cancel, retry, pause, train.
+
+    Works over SSH in 80x24 with the keyboard only: arrows select a job; c cancel, r retry,
+    p pause/resume the queue, t train, f filter by state, q quit; ctrl+p opens the command palette.
+    It reads the same database as `reelmask daemon` (paths.db) and never loads a model.
+
+    example: ssh gpu-box -t reelmask tui --config /srv/reelmask/config.toml
+    """
+    from tui.app import ReelmaskApp
+
+    ReelmaskApp(_config(args), refresh_seconds=max(0.2, args.refresh)).run()
+    return 0

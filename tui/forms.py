@@ -1,0 +1,112 @@
+"""The training form: a modal screen that returns a TrainRequest (or None when dismissed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select
+
+from core.config import Config, parse_sets, with_overrides
+from core.errors import ReelmaskError
+from core.training.registry import TRAINERS, check_dataset
+
+FIELDS = (  # input id, label, config key, type
+    ("epochs", "epochs", "train.epochs", int),
+    ("lr", "learning rate", "train.lr", float),
+    ("batch", "batch size", "train.batch_size", int),
+    ("size", "image size", "train.img_size", int),
+)
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    kind: str
+    data: str
+    out: str | None
+    sets: tuple[str, ...]   # train.* overrides, as --set would give them
+
+    def payload(self) -> dict:
+        return {"kind": self.kind, "data": self.data, "out": self.out, "sets": list(self.sets)}
+
+
+class TrainForm(ModalScreen[TrainRequest | None]):
+    """Kind, dataset, output folder and the main hyper-parameters; checked before it is queued."""
+
+    BINDINGS = [Binding("escape", "dismiss_form", "Close", show=True)]
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+
+    def compose(self) -> ComposeResult:
+        t = self.cfg.train
+        defaults = {"epochs": t.epochs, "lr": t.lr, "batch": t.batch_size, "size": t.img_size}
+        with Vertical(id="train-form"):
+            yield Label("Queue a training job", id="train-title")
+            with Grid(id="train-grid"):
+                yield Label("kind")
+                yield Select([(f"{k} - {s.summary}", k) for k, s in TRAINERS.items()], value="unet",
+                             allow_blank=False, compact=True, id="kind")
+                yield Label("dataset folder")
+                yield Input(placeholder="path to the folder holding train/", compact=True, id="data")
+                yield Label("output folder")
+                yield Input(placeholder=f"empty = {t.out}/<kind>-<dataset name>", compact=True, id="out")
+                for key, label, _, _ in FIELDS:
+                    yield Label(label)
+                    yield Input(str(defaults[key]), compact=True, id=key)
+            yield Label("", id="train-error")
+            with Horizontal(id="train-buttons"):
+                yield Button("Queue", variant="primary", id="submit-training")
+                yield Button("Close", id="close")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "submit-training":
+            self.submit()
+        else:
+            self.dismiss(None)
+
+    def on_input_submitted(self, _event: Input.Submitted) -> None:
+        self.submit()
+
+    def action_dismiss_form(self) -> None:
+        self.dismiss(None)
+
+    def submit(self) -> None:
+        request, problem = self.read()
+        if request is None:
+            self.query_one("#train-error", Label).update(problem)
+            return
+        self.dismiss(request)
+
+    def read(self) -> tuple[TrainRequest | None, str]:
+        """The request, or None and what to fix. The dataset is checked here (no torch needed)."""
+        kind = str(self.query_one("#kind", Select).value)
+        data = self.query_one("#data", Input).value.strip()
+        out = self.query_one("#out", Input).value.strip() or None
+        if not data:
+            return None, "give the dataset folder"
+        path = self.cfg.path(data)
+        try:
+            check_dataset(kind, path)
+        except ReelmaskError as e:
+            return None, str(e)
+        sets = []
+        for key, label, config_key, kind_of in FIELDS:
+            raw = self.query_one(f"#{key}", Input).value.strip()
+            try:
+                value = kind_of(raw)
+            except ValueError:
+                return None, f"{label} must be a{'n integer' if kind_of is int else ' number'}, got '{raw}'"
+            if value <= 0:
+                return None, f"{label} must be above 0, got {raw}"
+            sets.append(f"{config_key}={value}")
+        try:
+            with_overrides(self.cfg, parse_sets(sets), "the training form")
+        except ReelmaskError as e:
+            return None, str(e)
+        target = str(self.cfg.path(out).resolve()) if out else None
+        return TrainRequest(kind, str(path.resolve()), target, tuple(sets)), ""
