@@ -75,6 +75,7 @@ class ModelsConfig:
     seed: int = _key(0, "random seed for random weights and sampling")
     unet: str = _key("", "trained U-Net checkpoint (best.pt from `reelmask train unet`) for unet mode")
     unet_threshold: float = _key(0.5, "unet mode: a pixel is the object where the U-Net's probability is above this")
+    matting: str = _key("", "trained matting refiner (best.pt from `reelmask train matting`); empty = the classical solver")
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,16 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class MattingConfig:
+    classes: tuple[str, ...] = _key(["person"], "matting mode without prompts or masks/: detect these classes (as detect mode does)")
+    band: float = _key(0.03, "trimap: width of the unknown band on each side of the mask edge, as a share of the shorter image side")
+    solver: str = _key("cf", "classical alpha solver (pymatting): cf (closed form), knn, lkm, rw (random walk) or sm (shared)")
+    solve_max_side: int = _key(1024, "frames larger than this are matted at this size (longest side) and the alpha scaled back")
+    foreground: bool = _key(False, "also write foreground/<stem>.png: RGBA cut-outs with estimated foreground colour")
+    temporal: float = _key(0.3, "learned refiner: weight of the previous frame's alpha in the unknown band (0 = none)")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     out: str = _key("runs", "where `reelmask train` puts a run without --out: <out>/<kind>-<dataset name>")
     epochs: int = _key(20, "passes over the training set")
@@ -157,6 +168,9 @@ class TrainConfig:
     workers: int = _key(4, "data loading processes (0 = load in the training process)")
     val_fraction: float = _key(0.2, "without a test/ folder, this share of the videos (or frames) is held out for validation")
     seed: int = _key(0, "random seed for the split, augmentation and initial weights")
+    frame_every: int = _key(10, "matting: train on every Nth frame of each clip (the seed's 10x speed-up)")
+    semi_weight: float = _key(10.0, "matting: L1 loss weight where the ground-truth alpha is semi-transparent")
+    backgrounds: str = _key("", "matting: folder of background images/videos for composites; empty = DATA/backgrounds")
 
 
 SECTIONS: dict[str, type] = {
@@ -169,6 +183,7 @@ SECTIONS: dict[str, type] = {
     "refine": RefineConfig,
     "output": OutputConfig,
     "daemon": DaemonConfig,
+    "matting": MattingConfig,
     "train": TrainConfig,
 }
 
@@ -184,6 +199,7 @@ class Config:
     refine: RefineConfig = field(default_factory=RefineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    matting: MattingConfig = field(default_factory=MattingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     base_dir: Path = field(default_factory=Path.cwd, compare=False)
     source: str = field(default="defaults", compare=False)
@@ -364,6 +380,14 @@ def _validate(cfg: Config) -> Config:
     if not 0.0 <= t.val_fraction < 1.0 or not 0.0 < cfg.models.unet_threshold < 1.0:
         raise ConfigError(f"train.val_fraction must be in [0, 1) and models.unet_threshold in (0, 1), "
                           f"got {t.val_fraction} and {cfg.models.unet_threshold}")
+    mt = cfg.matting
+    if not 0.0 < mt.band < 0.5 or mt.solver not in ("cf", "knn", "lkm", "rw", "sm") or mt.solve_max_side < 64 \
+            or not 0.0 <= mt.temporal < 1.0:
+        raise ConfigError(f'matting.band must be in (0, 0.5), matting.solver one of "cf", "knn", "lkm", "rw", "sm", '
+                          f"matting.solve_max_side >= 64 and matting.temporal in [0, 1); got {mt.band}, "
+                          f'"{mt.solver}", {mt.solve_max_side}, {mt.temporal}')
+    if t.frame_every < 1 or t.semi_weight <= 0:
+        raise ConfigError(f"train.frame_every must be >= 1 and train.semi_weight > 0, got {t.frame_every}, {t.semi_weight}")
     if not 1 <= dc.parallel_chunks <= 32:
         raise ConfigError(f"detect.parallel_chunks must be between 1 and 32, got {dc.parallel_chunks}")
     o = cfg.output
