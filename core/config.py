@@ -151,9 +151,10 @@ class DaemonConfig:
 @dataclass(frozen=True)
 class MattingConfig:
     classes: tuple[str, ...] = _key(["person"], "matting mode without prompts or masks/: detect these classes (as detect mode does)")
-    band: float = _key(0.03, "trimap: width of the unknown band on each side of the mask edge, as a share of the shorter image side")
+    band: float = _key(0.02, "trimap: width of the unknown band on each side of the mask edge, as a share of the shorter image side")
     solver: str = _key("cf", "classical alpha solver (pymatting): cf (closed form), knn, lkm, rw (random walk) or sm (shared)")
     solve_max_side: int = _key(1024, "frames larger than this are matted at this size (longest side) and the alpha scaled back")
+    sample_weight: float = _key(0.01, "cf solver: pull of shared matting's per-pixel sampled alpha against the closed-form smoothness (0 = plain closed form; helps thin strands)")
     foreground: bool = _key(False, "also write foreground/<stem>.png: RGBA cut-outs with estimated foreground colour")
     temporal: float = _key(0.3, "learned refiner: weight of the previous frame's alpha in the unknown band (0 = none)")
 

@@ -1,0 +1,184 @@
+"""Classical alpha solvers (pymatting) on a trimap, cropped to the unknown band and size-capped.
+
+pymatting is imported inside the methods: its numba kernels compile (or load from numba's cache)
+on first import, which must not happen when reelmask merely imports this module.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.matting.trimap import BACKGROUND, FOREGROUND, trimap_from_mask
+
+METHODS = {
+    "cf": "estimate_alpha_cf",    # closed form (Levin et al. 2008)
+    "knn": "estimate_alpha_knn",  # KNN matting (Chen et al. 2013)
+    "lkm": "estimate_alpha_lkm",  # large kernel matting (He et al. 2010)
+    "rw": "estimate_alpha_rw",    # random walk (Grady et al. 2005)
+    "sm": "estimate_alpha_sm",    # shared matting (Gastal and Oliveira 2010)
+}
+MARGIN = 8  # known pixels kept around the unknown band's bounding box, at solving scale
+CF_EPSILON = 1e-6  # closed-form Laplacian regulariser; pymatting's 1e-7 was slightly worse in bench/matting_quality.py
+# A second solve around the first alpha's own edge when the mask edge is off by more than this share
+# of the band (a dilated, eroded or blocky mask); a mask on the true edge is solved once.
+RECENTRE_SHARE = 0.25
+RECENTRE_MIN_PX = 2.5  # a mask thresholded from a soft edge is off by ~1.3-1.8 px on average: no second solve
+
+
+def alpha_to_u8(alpha: np.ndarray) -> np.ndarray:
+    """Float alpha in [0, 1] -> uint8 0-255 (rounded, clipped)."""
+    return np.clip(np.rint(np.asarray(alpha, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _bbox(unknown: np.ndarray, margin: int) -> tuple[slice, slice]:
+    ys = np.flatnonzero(unknown.any(axis=1))
+    xs = np.flatnonzero(unknown.any(axis=0))
+    h, w = unknown.shape
+    return (slice(max(0, ys[0] - margin), min(h, ys[-1] + 1 + margin)),
+            slice(max(0, xs[0] - margin), min(w, xs[-1] + 1 + margin)))
+
+
+def _shifted_ichol(matrix):
+    """pymatting's incomplete Cholesky preconditioner, first tried with a small diagonal shift:
+    its unshifted first try often fails on band Laplacians and then prints a warning to stdout
+    (redirecting stdout is not an option: frames are matted in threads). The solution is the
+    same; only the preconditioner differs."""
+    from pymatting import ichol
+
+    return ichol(matrix, shifts=[1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5])
+
+
+def _closed_form_with_samples(image: np.ndarray, trimap: np.ndarray, weight: float) -> np.ndarray:
+    """Closed-form matting (Levin et al. 2008) on the unknown pixels with a data term of this
+    weight pulling them towards shared matting's sampled alpha (Gastal and Oliveira 2010): the
+    sampling-plus-Laplacian idea of Robust Matting (Wang and Cohen 2007) without its confidences.
+    Sampling recovers thin strands the smooth closed-form solution misses; a small weight keeps
+    the Laplacian in charge elsewhere. ``image`` float64 in [0, 1], ``trimap`` 0 / 0.5 / 1."""
+    import scipy.sparse
+    from pymatting import cf_laplacian, cg, estimate_alpha_sm
+
+    sampled = estimate_alpha_sm(image, trimap).ravel()
+    known = (trimap != 0.5).ravel()
+    unknown = ~known
+    lap = cf_laplacian(image, epsilon=CF_EPSILON, is_known=known.reshape(trimap.shape))
+    system = (lap[unknown][:, unknown] + weight * scipy.sparse.identity(int(unknown.sum()))).tocsr()
+    rhs = weight * sampled[unknown] - lap[unknown][:, known].dot((trimap.ravel()[known] == 1.0).astype(np.float64))
+    alpha = trimap.astype(np.float64).ravel()
+    alpha[unknown] = cg(system, rhs, M=_shifted_ichol(system))
+    return np.clip(alpha, 0.0, 1.0).reshape(trimap.shape).astype(np.float32)
+
+
+def edge_shift(mask: np.ndarray, alpha: np.ndarray) -> float:
+    """Mean distance in pixels between a mask's edge and an alpha's: sum |alpha - mask| per
+    edge pixel of the mask (0.0 for a mask without edge)."""
+    import cv2
+
+    m = (np.asarray(mask) > 0).astype(np.uint8)
+    edge = int((m - cv2.erode(m, np.ones((3, 3), np.uint8))).sum())
+    if edge == 0 or m.all():
+        return 0.0
+    return float(np.abs(np.asarray(alpha, np.float64) - m).sum() / edge)
+
+
+class AlphaSolver:
+    """Alpha from an image and a trimap with one of pymatting's solvers (``matting.solver``).
+
+    Only the bounding box of the unknown band (plus a margin) is solved, at most ``max_side``
+    pixels on the frame's longest side (``matting.solve_max_side``); known pixels keep exactly 0 or
+    1 and only the band carries solved values. ``sample_weight`` (``matting.sample_weight``) adds
+    shared matting's sampled alpha as a data term to the cf solver; 0 gives plain closed form."""
+
+    def __init__(self, method: str = "cf", max_side: int = 1024, sample_weight: float = 0.01):
+        if method not in METHODS:
+            raise ValueError(f"unknown matting.solver {method!r}; choose one of {', '.join(METHODS)}")
+        if max_side < 16:
+            raise ValueError(f"matting.solve_max_side must be at least 16 pixels, got {max_side}")
+        if sample_weight < 0:
+            raise ValueError(f"matting.sample_weight must be >= 0, got {sample_weight}")
+        self.method = method
+        self.max_side = int(max_side)
+        self.sample_weight = float(sample_weight)
+
+    def solve(self, rgb: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+        """Alpha (float32 H x W in [0, 1]) of an RGB uint8 image under a 0/128/255 trimap."""
+        rgb, trimap = np.asarray(rgb), np.asarray(trimap)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[:2] != trimap.shape:
+            raise ValueError(f"need an H x W x 3 image and an H x W trimap, got {rgb.shape} and {trimap.shape}")
+        alpha = (trimap == FOREGROUND).astype(np.float32)
+        unknown = (trimap != FOREGROUND) & (trimap != BACKGROUND)
+        if not unknown.any():
+            return alpha
+        import cv2
+
+        h, w = trimap.shape
+        scale = min(1.0, self.max_side / max(h, w))
+        ys, xs = _bbox(unknown, int(np.ceil(MARGIN / scale)))
+        crop_rgb, crop_tri = rgb[ys, xs], trimap[ys, xs]
+        ch, cw = crop_tri.shape
+        if scale < 1.0:
+            size = (max(1, round(cw * scale)), max(1, round(ch * scale)))
+            small_rgb = cv2.resize(crop_rgb, size, interpolation=cv2.INTER_AREA)
+            fg = cv2.resize((crop_tri == FOREGROUND).astype(np.float32), size, interpolation=cv2.INTER_AREA)
+            bg = cv2.resize((crop_tri == BACKGROUND).astype(np.float32), size, interpolation=cv2.INTER_AREA)
+            small_tri = np.full(fg.shape, 0.5)
+            small_tri[fg > 0.999] = 1.0
+            small_tri[bg > 0.999] = 0.0
+        else:
+            small_rgb = crop_rgb
+            small_tri = np.where(crop_tri == FOREGROUND, 1.0, np.where(crop_tri == BACKGROUND, 0.0, 0.5))
+        solved = self._solve_small(small_rgb, small_tri)
+        if solved.shape != (ch, cw):
+            solved = cv2.resize(solved, (cw, ch), interpolation=cv2.INTER_LINEAR)
+        region = alpha[ys, xs]
+        band = unknown[ys, xs]
+        region[band] = np.clip(solved[band], 0.0, 1.0)
+        return alpha
+
+    def _solve_small(self, rgb: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+        has_fg, has_bg = (trimap == 1.0).any(), (trimap == 0.0).any()
+        if not (has_fg and has_bg):
+            # one side unknown everywhere: the smooth solution is the other side's value (pymatting
+            # refuses such trimaps); with neither, keep the 0.5 of the unknown pixels
+            return np.where(trimap == 0.5, 1.0 if has_fg else 0.0 if has_bg else 0.5, trimap).astype(np.float32)
+        import pymatting
+
+        image = rgb.astype(np.float64) / 255.0
+        if self.method == "cf" and self.sample_weight > 0:
+            return _closed_form_with_samples(image, trimap, self.sample_weight)
+        estimate = getattr(pymatting, METHODS[self.method])
+        kwargs = {}
+        if self.method == "cf":
+            kwargs = {"laplacian_kwargs": {"epsilon": CF_EPSILON}, "preconditioner": _shifted_ichol}
+        return np.asarray(estimate(image, trimap, **kwargs), np.float32)
+
+    def matte(self, rgb: np.ndarray, mask: np.ndarray, band_px: int) -> np.ndarray:
+        """Alpha (float32 H x W) from a binary mask: trimap with a ``band_px`` unknown band, then
+        :meth:`solve`. When the solved edge lies on average more than RECENTRE_SHARE * band_px
+        (and RECENTRE_MIN_PX) away from the mask's edge (a dilated, eroded or low-resolution
+        mask), the band is moved onto the solved edge (alpha > 0.5) and solved once more."""
+        mask = np.asarray(mask) > 0
+        alpha = self.solve(rgb, trimap_from_mask(mask, band_px))
+        if band_px > 0 and edge_shift(mask, alpha) > max(RECENTRE_MIN_PX, RECENTRE_SHARE * band_px):
+            alpha = self.solve(rgb, trimap_from_mask(alpha > 0.5, band_px))
+        return alpha
+
+    def foreground(self, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """Foreground colours (uint8 H x W x 3) unmixed from the background where alpha is
+        fractional (pymatting's multi-level foreground estimation, Germer et al. 2020); elsewhere
+        the image's own colours. Only the bounding box of the fractional pixels is estimated."""
+        rgb, alpha = np.asarray(rgb), np.asarray(alpha, np.float64)
+        out = rgb.astype(np.uint8, copy=True)
+        fractional = (alpha > 0.0) & (alpha < 1.0)
+        if not fractional.any():
+            return out
+        import pymatting
+
+        ys, xs = _bbox(fractional, 4 * MARGIN)
+        image = rgb[ys, xs].astype(np.float64) / 255.0
+        fg = pymatting.estimate_foreground_ml(image, alpha[ys, xs])
+        out[ys, xs] = np.clip(np.rint(fg * 255.0), 0, 255).astype(np.uint8)
+        return out
+
+    def rgba(self, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """Cut-out (uint8 H x W x 4): estimated foreground colours with alpha as the 4th channel."""
+        return np.dstack([self.foreground(rgb, alpha), alpha_to_u8(alpha)])
