@@ -201,7 +201,7 @@ def test_commands_step_by_step(tmp_path: Path):
     assert (tmp_path / "done" / "clip").is_dir()
     assert {c["state"] for c in store.chunks(job_id)} == {"done"}
     store.add_command("train", payload={"kind": "unet"})
-    store.add_command("train", payload={"kind": "matting", "data": str(tmp_path)})
+    store.add_command("train", payload={"kind": "sam2-decoder", "data": str(tmp_path)})
     daemon.handle_commands()
     rows = store.conn.execute("SELECT state, result FROM commands ORDER BY id DESC LIMIT 2").fetchall()
     assert rows[1][0] == "rejected" and "needs a kind and a dataset folder" in rows[1][1]

@@ -119,7 +119,8 @@ def test_cli_train_in_the_foreground_and_queued(tmp_path: Path):
 
 @pytest.mark.parametrize("args, words", [
     (["unet", "--data", "nowhere"], "does not exist"),
-    (["matting", "--data", "."], "not available"),
+    (["sam2-decoder", "--data", "."], "not available"),
+    (["matting", "--data", "nowhere"], "does not exist"),
     (["unet", "--data", ".", "--set", "train.img_size=100"], "multiple of 32"),
 ])
 def test_cli_train_errors_are_one_line(tmp_path: Path, args, words):
