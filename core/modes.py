@@ -28,7 +28,7 @@ class Mode(str, enum.Enum):
 
 
 # Modes whose pipelines exist in this build. The rest fail with ModeNotAvailable.
-AVAILABLE = {Mode.TRACK, Mode.DETECT, Mode.PROMPTLESS, Mode.REFINE, Mode.UNET}
+AVAILABLE = set(Mode)
 
 
 @dataclass(frozen=True)

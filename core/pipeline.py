@@ -7,7 +7,6 @@ works; the CLI draws a progress bar from them, the daemon records them in SQLite
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import shutil
@@ -18,16 +17,16 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from core.config import Config, read_toml, with_overrides
-from core.engine.build import build_engine, mask_regions, self_train_requested
+from core.engine.build import build_engine, mask_regions, matting_segmentation, self_train_requested
 from core.engine.chunks import plan_chunks
-from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
+from core.engine.events import AlphaResult, ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
 from core.errors import ConfigError
 from core.frames import FrameFolder, FrameReader, to_model_input
 from core.modes import Mode, ModeChoice, choose_mode, require_available
 from core.outputs.folder import MANIFEST, check_target, open_staging, publish, staging_path, write_json
 from core.outputs.checkpoint import Checkpoint, truncate_lines
-from core.outputs.manifest import build_manifest, utc_now
-from core.outputs.writer import PROMPTS_USED, OutputWriter, PreviewSettings
+from core.outputs.manifest import add_engine_records, build_manifest, utc_now
+from core.outputs.writer import ALPHA_DIR, PROMPTS_USED, OutputWriter, PreviewSettings
 from core.prompts import Prompts, load_prompts
 
 log = logging.getLogger(__name__)
@@ -101,12 +100,33 @@ def prepare_job(input_dir: Path, config: Config, *, mode: str | None = None, inb
         from core.training.unet_checkpoint import resolve_unet_path
 
         resolve_unet_path(config)  # set, present and a U-Net checkpoint, checked without torch
+    if choice.mode is Mode.MATTING:
+        _check_matting(folder, prompts, config)
     if choice.mode is Mode.REFINE:
         if not (input_dir / "masks").is_dir():
             raise ConfigError(f"refine mode needs a masks/ folder in {input_dir} with a mask per frame "
                               "(named after the frames)")
         mask_regions(folder, config)  # checks the masks are named after frames
     return PreparedJob(job_id or uuid.uuid4().hex[:12], input_dir, folder, prompts, choice, config)
+
+
+def _check_matting(folder: FrameFolder, prompts: Prompts, config: Config) -> None:
+    """Everything matting mode needs, before any model loads."""
+    from core.engine.build import matting_config, matting_segmentation
+
+    source = matting_segmentation(folder, prompts)
+    if source is None:
+        from core.engine.matting import mask_files
+
+        mask_files(folder)  # one mask per frame
+    elif source is Mode.DETECT:
+        from core.models.yolo import resolve_yolo_path
+
+        resolve_yolo_path(matting_config(prompts, config))  # matting without prompts detects people
+    if config.models.matting:
+        from core.matting.refiner import check_checkpoint
+
+        check_checkpoint(config.path(config.models.matting))
 
 
 class ModelPool:
@@ -116,6 +136,21 @@ class ModelPool:
         self._sam2: dict[tuple, object] = {}
         self._yolo: dict[tuple, object] = {}
         self._unet: dict[tuple, object] = {}
+        self._refiner: dict[tuple, object] = {}
+
+    def matting_refiner(self, cfg: Config, tracker=None):
+        """The learned matting refiner of `models.matting`, sharing `tracker`'s SAM2 when it fits."""
+        from core.matting.refiner import load_refiner
+
+        path = cfg.path(cfg.models.matting)
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, cfg.models.device, id(tracker))
+        if key not in self._refiner:
+            self._refiner.clear()
+            self._refiner[key] = load_refiner(path, cfg.models.device, cfg=cfg, tracker=tracker)
+        refiner = self._refiner[key]
+        refiner.seconds = refiner.sam2_seconds = 0.0
+        return refiner
 
     def unet(self, cfg: Config):
         from core.engine.unet import UnetSegmenter
@@ -190,7 +225,12 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     ckpt = previous or Checkpoint(plan=plan)
     models = models or ModelPool()
     t_model = time.perf_counter()
-    model = models.unet(cfg) if unet else models.sam2(cfg)  # the U-Net needs no SAM2
+    if unet:
+        model = models.unet(cfg)  # the U-Net needs no SAM2
+    elif job.choice.mode is Mode.MATTING and matting_segmentation(job.folder, job.prompts) is None:
+        model = None  # matting of given masks: no segmentation model
+    else:
+        model = models.sam2(cfg)
     model_seconds = time.perf_counter() - t_model
     warnings = _model_warnings(job, model)
 
@@ -199,18 +239,22 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     chunks = plan_chunks(len(folder), cfg.chunking.chunk_size, 0 if unet else cfg.chunking.overlap)
     import torch
 
-    size, device = model.image_size, model.device
+    if model is None:
+        reader = FrameReader(folder, lambda rgb: rgb, prefetch=0)  # nothing reads frames through it
+    else:
+        size, device = model.image_size, model.device
 
-    def prepare(rgb):
-        return torch.from_numpy(to_model_input(rgb, size)).to(device, non_blocking=True)
+        def prepare(rgb):
+            return torch.from_numpy(to_model_input(rgb, size)).to(device, non_blocking=True)
 
-    reader = FrameReader(folder, prepare, prefetch=cfg.chunking.prefetch)
+        reader = FrameReader(folder, prepare, prefetch=cfg.chunking.prefetch)
     preview = (PreviewSettings(cfg.output.preview_fps, cfg.output.preview_max_side, cfg.output.preview_opacity)
                if cfg.output.preview else None)
     if previous is not None:
         truncate_lines(stage / PROMPTS_USED, previous.prompt_lines)
     writer = OutputWriter(stage, folder, preview=None if previous else preview, append_prompts=previous is not None,
-                          fill_hole_area=0 if unet or model.sam2_fills_holes else _hole_area_at_video_res(cfg, folder))
+                          fill_hole_area=0 if model is None or unet or model.sam2_fills_holes
+                          else _hole_area_at_video_res(cfg, folder))
     writer.frames_written, writer.prompt_lines = ckpt.frames_written, ckpt.prompt_lines
     writer.object_frames = dict(ckpt.object_frames)
     engine = build_engine(job.choice.mode, job.folder, job.prompts, cfg, tracker=model, reader=reader,
@@ -222,6 +266,8 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
         for event in engine.run():
             if isinstance(event, FrameResult):
                 writer.mask(event.frame, event.id_map)
+            elif isinstance(event, AlphaResult):
+                writer.alpha(event.frame, event.alpha, event.rgba)
             elif isinstance(event, PromptUsed):
                 writer.prompt(event)
                 if event.source in ("user", "mask", "detector"):
@@ -258,13 +304,15 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     reader.close()
     if writer.frames_written != len(folder):
         raise RuntimeError(f"internal error: wrote {writer.frames_written} of {len(folder)} masks")
+    if job.choice.mode is Mode.MATTING and len(list((stage / ALPHA_DIR).glob("*.png"))) != len(folder):
+        raise RuntimeError(f"internal error: an alpha matte is missing in {stage / ALPHA_DIR}")
 
     total = time.perf_counter() - t0
     manifest = build_manifest(job, out, chunks, ckpt.chunk_log, model, warnings, writer, ckpt.prompt_counts,
                               prompts=Prompts() if unet else job.prompts, started_at=started_at, total=total,
                               model_seconds=model_seconds, frame_wait=reader.wait_seconds)
     manifest["resumed_from_frame"] = resumed_from
-    _add_engine_records(manifest, engine, cfg, stage, out)
+    add_engine_records(manifest, engine, cfg, stage, out)
     Checkpoint.clear(stage)
     for scratch in stage.glob(".*"):  # hand-over partials, datasets, training runs
         shutil.rmtree(scratch, ignore_errors=True) if scratch.is_dir() else scratch.unlink(missing_ok=True)
@@ -284,8 +332,13 @@ def _plan(job: PreparedJob) -> str:
         return (f"unet, {len(job.folder)} frames, chunks {cfg.chunking.chunk_size}, model {path.resolve()} "
                 f"{st.st_size} {st.st_mtime_ns}, threshold {cfg.models.unet_threshold}")
     prompts_id = hashlib.sha1(repr(job.prompts.objects).encode()).hexdigest()[:10]
-    return (f"{job.choice.mode.value}, {len(job.folder)} frames, chunks {cfg.chunking.chunk_size}/"
+    plan = (f"{job.choice.mode.value}, {len(job.folder)} frames, chunks {cfg.chunking.chunk_size}/"
             f"{cfg.chunking.overlap}, anchors {cfg.chunking.anchor_prompts}, prompts {prompts_id}")
+    if job.choice.mode is Mode.MATTING:
+        m = cfg.matting
+        plan += (f", matting {cfg.models.matting or 'classical'} {m.solver} band {m.band} max {m.solve_max_side} "
+                 f"weight {m.sample_weight} foreground {m.foreground} temporal {m.temporal}")
+    return plan
 
 
 def _model_warnings(job: PreparedJob, model) -> list[str]:
@@ -294,35 +347,12 @@ def _model_warnings(job: PreparedJob, model) -> list[str]:
         if job.prompts.objects:
             warnings.append(f"unet mode takes no prompts: the {len(job.prompts.objects)} object(s) in "
                             "prompts.json were ignored (the U-Net marks its one trained object as id 1)")
-    elif model.weights.is_random:
+    elif model is not None and model.weights.is_random:
         warnings.append("SAM2 runs with RANDOM weights (models.sam2_weights = \"random\"): the masks are "
                         "meaningless; use this for tests and speed measurements only")
     for msg in warnings:
         log.warning(msg)
     return warnings
-
-
-def _add_engine_records(manifest: dict, engine, cfg: Config, stage: Path, out: Path) -> None:
-    """What only some engines know: refine's dropped components, the detector, a self-trained detector."""
-    dropped = getattr(getattr(engine, "source", None), "dropped", 0)
-    if dropped:
-        manifest["warnings"].append(f"refine: {dropped} mask component(s) had a mean difference under "
-                                    f"refine.filter_threshold ({cfg.refine.filter_threshold}) and were dropped")
-    detector = getattr(engine, "detector", None)
-    if detector is not None and getattr(detector, "path", None) is not None:
-        from core.models.weights import cache_dir, sha256_file
-
-        trained_path = out / "detector.pt" if getattr(engine, "trained", None) else detector.path
-        manifest["models"]["yolo"] = {"path": str(trained_path), "imgsz": detector.imgsz,
-                                      "classes": [detector.names[c] for c in engine.classes or []] or "all",
-                                      "min_confidence": engine.min_confidence, "stride": engine.stride}
-        manifest["weights"]["yolo"] = sha256_file(detector.path, cache_dir(cfg))
-    trained = getattr(engine, "trained", None)
-    if trained is not None:  # the self-trained detector is part of the result
-        shutil.copyfile(trained, stage / "detector.pt")
-        manifest["models"]["yolo_self_trained"] = {"path": str(out / "detector.pt"),
-                                                  "train_frames": engine.train_frames,
-                                                  "settings": dataclasses.asdict(engine.settings)}
 
 
 def _hole_area_at_video_res(cfg: Config, folder: FrameFolder) -> int:

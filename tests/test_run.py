@@ -96,7 +96,7 @@ def test_cli_run_writes_the_contract(tmp_path: Path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--mode", "matting"], "mode 'matting' is not available yet"),
+    (["--mode", "unet"], "unet mode needs models.unet"),
     (["--mode", "bogus"], "unknown mode 'bogus'"),
     (["--set", "chunking.chunk_sise=5"], "did you mean 'chunking.chunk_size'"),
 ])

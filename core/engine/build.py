@@ -19,6 +19,9 @@ def build_engine(mode: Mode, folder: FrameFolder, prompts: Prompts, cfg: Config,
 
     `tracker` is the mode's model: the SAM2 tracker, or for unet mode the U-Net segmenter."""
     ckpt, stage = resume_from if resume_from else (None, None)
+    if mode is Mode.MATTING:
+        return _matting_engine(folder, prompts, cfg, tracker=tracker, reader=reader, chunks=chunks, scratch=scratch,
+                               models=models, should_stop=should_stop, resume_from=resume_from)
     if mode is Mode.TRACK:
         from core.engine.track import TrackEngine
 
@@ -38,6 +41,43 @@ def build_engine(mode: Mode, folder: FrameFolder, prompts: Prompts, cfg: Config,
     if ckpt is not None and hasattr(engine, "resume"):
         engine.resume(set(ckpt.done), ckpt.handovers(stage).get("forward", {}), ckpt.engine_state)
     return engine
+
+
+def matting_segmentation(folder: FrameFolder, prompts: Prompts) -> Mode | None:
+    """Where matting mode's segmentation comes from: masks/ (None: no SAM2), track or detect."""
+    if (folder.root / "masks").is_dir():
+        return None
+    return Mode.TRACK if prompts.objects else Mode.DETECT
+
+
+def matting_config(prompts: Prompts, cfg: Config) -> Config:
+    """Without a detect section of its own, matting detects `matting.classes` ("person")."""
+    if prompts.objects or (prompts.detect is not None and prompts.detect.classes is not None):
+        return cfg
+    import dataclasses
+
+    return dataclasses.replace(cfg, detect=dataclasses.replace(cfg.detect, classes=tuple(cfg.matting.classes)))
+
+
+def _matting_engine(folder, prompts, cfg, *, tracker, reader, chunks, scratch, models, should_stop, resume_from):
+    from core.engine.matting import ClassicalMatter, MaskFolderEngine, MattingEngine, RefinerMatter
+
+    source = matting_segmentation(folder, prompts)
+    if source is None:
+        inner = MaskFolderEngine(folder, chunks, should_stop)
+        if resume_from is not None:
+            ckpt, stage = resume_from
+            inner.resume(set(ckpt.done), {}, ckpt.engine_state)
+    else:
+        inner = build_engine(source, folder, prompts, matting_config(prompts, cfg), tracker=tracker, reader=reader,
+                             chunks=chunks, scratch=scratch, models=models, should_stop=should_stop,
+                             resume_from=resume_from)
+    m = cfg.matting
+    if cfg.models.matting:
+        matter = RefinerMatter(models.matting_refiner(cfg, tracker), m.foreground, m.solve_max_side)
+    else:
+        matter = ClassicalMatter(m.band, m.solver, m.solve_max_side, m.foreground, m.sample_weight)
+    return MattingEngine(inner, folder, matter, should_stop=should_stop)
 
 
 def mask_regions(folder: FrameFolder, cfg: Config):

@@ -62,3 +62,12 @@ class Phase:
     """A stage of a job that is not frame-by-frame work (e.g. training the detector)."""
 
     name: str
+
+
+@dataclass(frozen=True)
+class AlphaResult:
+    """The 8-bit alpha matte of one frame (matting mode), with its RGBA cut-out when asked for."""
+
+    frame: int
+    alpha: np.ndarray = field(repr=False)
+    rgba: np.ndarray | None = field(default=None, repr=False)

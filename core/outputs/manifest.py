@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
+import shutil
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +40,8 @@ def model_record(model, cfg: Config) -> tuple[dict, dict, dict]:
     """The manifest's "models" and "weights" entries and the model's timing, for SAM2 or the U-Net."""
     from core.engine.unet import UnetSegmenter
 
+    if model is None:  # matting of given masks: no segmentation model ran
+        return {}, {}, {}
     if isinstance(model, UnetSegmenter):
         from core.models.weights import cache_dir, sha256_file
 
@@ -96,3 +100,35 @@ def build_manifest(job: "PreparedJob", out: Path, chunks: list[Chunk], chunk_log
         "started_at": started_at,
         "finished_at": utc_now(),
     }
+
+
+def add_engine_records(manifest: dict, engine, cfg: Config, stage: Path, out: Path) -> None:
+    """What only some engines know: refine's dropped components, the detector, a self-trained detector,
+    the matting method."""
+    if hasattr(engine, "matter"):
+        info = engine.describe()
+        manifest["models"]["matting"] = info
+        if info.get("sha256"):
+            manifest["weights"]["matting"] = info["sha256"]
+        manifest["timings"]["matting_seconds"] = info.get("seconds")
+        manifest["segmentation"] = "masks/" if getattr(engine.inner, "files", None) else "sam2"
+        engine = engine.inner  # the segmentation engine's own records follow
+    dropped = getattr(getattr(engine, "source", None), "dropped", 0)
+    if dropped:
+        manifest["warnings"].append(f"refine: {dropped} mask component(s) had a mean difference under "
+                                    f"refine.filter_threshold ({cfg.refine.filter_threshold}) and were dropped")
+    detector = getattr(engine, "detector", None)
+    if detector is not None and getattr(detector, "path", None) is not None:
+        from core.models.weights import cache_dir, sha256_file
+
+        trained_path = out / "detector.pt" if getattr(engine, "trained", None) else detector.path
+        manifest["models"]["yolo"] = {"path": str(trained_path), "imgsz": detector.imgsz,
+                                      "classes": [detector.names[c] for c in engine.classes or []] or "all",
+                                      "min_confidence": engine.min_confidence, "stride": engine.stride}
+        manifest["weights"]["yolo"] = sha256_file(detector.path, cache_dir(cfg))
+    trained = getattr(engine, "trained", None)
+    if trained is not None:  # the self-trained detector is part of the result
+        shutil.copyfile(trained, stage / "detector.pt")
+        manifest["models"]["yolo_self_trained"] = {"path": str(out / "detector.pt"),
+                                                  "train_frames": engine.train_frames,
+                                                  "settings": dataclasses.asdict(engine.settings)}

@@ -20,6 +20,8 @@ from core.outputs.masks import fill_small_holes, overlay, read_mask, write_palet
 
 PROMPTS_USED = "prompts_used.jsonl"
 PREVIEW = "preview.mp4"
+ALPHA_DIR = "alpha"
+FOREGROUND_DIR = "foreground"
 _STOP = object()
 
 
@@ -68,6 +70,7 @@ class OutputWriter:
         self._error: BaseException | None = None
         self.object_frames: dict[int, int] = {}   # object id -> frames where it has pixels
         self.frames_written = 0
+        self.alphas_written = 0
         self.prompt_lines = 0
         self._thread = threading.Thread(target=self._loop, name="output-writer", daemon=True)
         self._thread.start()
@@ -79,6 +82,10 @@ class OutputWriter:
 
     def prompt(self, p: PromptUsed) -> None:
         self._put(("prompt", p))
+
+    def alpha(self, frame: int, alpha: np.ndarray, rgba: np.ndarray | None = None) -> None:
+        """alpha/<stem>.png (8-bit) and, with `rgba`, foreground/<stem>.png (an RGBA cut-out)."""
+        self._put(("alpha", frame, alpha, rgba))
 
     def flush(self) -> None:
         """Block until everything queued so far is on disk."""
@@ -126,6 +133,17 @@ class OutputWriter:
             self._prompts.flush()
             self.prompt_lines += 1
             return
+        if kind == "alpha":
+            _, frame, alpha, rgba = item
+            stem = self.folder.stem(frame)
+            (self.root / ALPHA_DIR).mkdir(exist_ok=True)
+            if not cv2.imwrite(str(self.root / ALPHA_DIR / f"{stem}.png"), alpha):
+                raise OSError(f"could not write {self.root / ALPHA_DIR / stem}.png")
+            if rgba is not None:
+                (self.root / FOREGROUND_DIR).mkdir(exist_ok=True)
+                cv2.imwrite(str(self.root / FOREGROUND_DIR / f"{stem}.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+            self.alphas_written += 1
+            return
         _, frame, id_map = item
         id_map = fill_small_holes(id_map, self._fill)
         write_palette_png(self.masks_dir / f"{self.folder.stem(frame)}.png", id_map)
@@ -166,4 +184,21 @@ class OutputWriter:
             id_map = cv2.resize(id_map, size, interpolation=cv2.INTER_NEAREST)
         if self._video is None:
             self._video = cv2.VideoWriter(str(self.root / PREVIEW), cv2.VideoWriter_fourcc(*"mp4v"), p.fps, size)
-        self._video.write(cv2.cvtColor(overlay(rgb, id_map, p.opacity), cv2.COLOR_RGB2BGR))
+        alpha_path = self.root / ALPHA_DIR / f"{self.folder.stem(index)}.png"
+        if alpha_path.is_file():  # matting: the cut-out over a checkerboard shows the matte itself
+            alpha = cv2.imread(str(alpha_path), cv2.IMREAD_GRAYSCALE)
+            if alpha.shape[:2] != rgb.shape[:2]:
+                alpha = cv2.resize(alpha, size, interpolation=cv2.INTER_AREA)
+            frame = over_checkerboard(rgb, alpha)
+        else:
+            frame = overlay(rgb, id_map, p.opacity)
+        self._video.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+
+
+def over_checkerboard(rgb: np.ndarray, alpha: np.ndarray, cell: int = 16) -> np.ndarray:
+    """The frame composited by its alpha over a grey checkerboard (how matting tools show a matte)."""
+    h, w = alpha.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    board = np.where(((yy // cell + xx // cell) % 2)[..., None] == 0, 200, 120).astype(np.float32)
+    a = alpha.astype(np.float32)[..., None] / 255.0
+    return np.clip(rgb.astype(np.float32) * a + board * (1.0 - a), 0, 255).astype(np.uint8)
