@@ -33,6 +33,10 @@ FIX = "give the best.pt or last.pt written by `reelmask train matting`"
 UNCERTAIN = 0.01     # alpha in (UNCERTAIN, 1 - UNCERTAIN) is the uncertain band temporal smoothing acts in
 MOTION = 0.5         # a change of alpha this large between frames is motion, not flicker: no smoothing
 
+# how far from the mask edge (share of the shorter image side) the refiner may change the alpha: a
+# little beyond the 2.5% the training masks were dilated or eroded by
+REACH = 0.03
+
 
 def read_refiner_header(path: Path) -> dict:
     """The plain keys of a refiner checkpoint (HEADER_KEYS), without torch; ModelError naming the file
@@ -211,6 +215,7 @@ class Refiner:
         alpha (or None for the first frame)."""
         from core.matting.features import frame_inputs
         from core.matting.refiner_model import to_tensors
+        from core.matting.trimap import UNKNOWN, band_pixels, trimap_from_mask
 
         torch = self._torch
         began = time.perf_counter()
@@ -231,6 +236,10 @@ class Refiner:
             prob = torch.sigmoid(self.model(*x).float())
             prob = torch.nn.functional.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
         alpha = prob[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
+        # the refiner corrects the segmentation near its edge (as far as training perturbed it);
+        # further away the mask stands, so a refiner out of its depth cannot invent matte there
+        trimap = trimap_from_mask(mask, band_pixels(REACH, h, w))
+        alpha = np.where(trimap == UNKNOWN, alpha, trimap.astype(np.float32) / 255.0)
         alpha = np.clip(temporal_smooth(alpha, prev_alpha, self.temporal), 0.0, 1.0)
         self.seconds += time.perf_counter() - began
         return alpha
