@@ -35,3 +35,7 @@ class Cancelled(ReelmaskError):
 
 class TrainingError(ReelmaskError):
     """A training request or dataset that cannot work; the message says what and how to fix it."""
+
+
+class EvaluationError(ReelmaskError):
+    """`reelmask eval` cannot pair predictions with ground truth; the message says where and how to fix it."""
