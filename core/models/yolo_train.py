@@ -10,10 +10,11 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from core.errors import ModelError
+from core.errors import ModelError, ReelmaskError
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ class YoloDataset:
             (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         self.counts = {"train": 0, "val": 0}
 
-    def add(self, index: int, image: Path, id_map: np.ndarray) -> None:
-        split = "val" if index % self.val_every == self.val_every - 1 else "train"
+    def add(self, index: int, image: Path, id_map: np.ndarray, split: str | None = None) -> None:
+        """Link the frame and write its boxes; `split` ("train"/"val") or every `val_every`-th frame validates."""
+        if split is None:
+            split = "val" if index % self.val_every == self.val_every - 1 else "train"
         link = self.root / "images" / split / f"{index:06d}{image.suffix.lower()}"
         if not link.exists():
             os.symlink(image.resolve(), link)
@@ -70,22 +73,35 @@ class TrainSettings:
     batch: int
     device: str
     workers: int = 2
+    seed: int = 0
+    lr0: float | None = None    # None: Ultralytics' own choice (optimizer "auto"); else AdamW at this rate
 
 
-def train_detector(base: Path, data_yaml: Path, out_dir: Path, s: TrainSettings) -> Path:
-    """Fine-tune `base` on the dataset; returns the best weights."""
+def train_detector(base: Path, data_yaml: Path, out_dir: Path, s: TrainSettings, *, name: str = "yolo",
+                   callbacks: dict[str, Callable] | None = None, resume: bool = False) -> Path:
+    """Fine-tune `base` on the dataset into out_dir/name; returns the best weights. `callbacks` are
+    Ultralytics callbacks (event name -> fn(trainer)); a ReelmaskError raised by one passes through.
+    With `resume`, `base` is the run's own weights/last.pt and training continues from it."""
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics import YOLO
 
     model = YOLO(str(base), task="detect")
+    for event, fn in (callbacks or {}).items():
+        model.add_callback(event, fn)
+    options = {"optimizer": "AdamW", "lr0": s.lr0} if s.lr0 is not None else {}
     try:
-        model.train(data=str(data_yaml), epochs=s.epochs, patience=s.patience, imgsz=s.imgsz, batch=s.batch,
-                    device=s.device, workers=s.workers, project=str(out_dir), name="yolo", exist_ok=True,
-                    plots=False, verbose=False, amp=s.device != "cpu")
+        if resume:
+            model.train(resume=True, device=s.device, workers=s.workers, patience=s.patience)
+        else:
+            model.train(data=str(data_yaml), epochs=s.epochs, patience=s.patience, imgsz=s.imgsz, batch=s.batch,
+                        device=s.device, workers=s.workers, project=str(out_dir), name=name, exist_ok=True,
+                        plots=False, verbose=False, amp=s.device != "cpu", seed=s.seed, **options)
+    except ReelmaskError:
+        raise
     except Exception as e:
         raise ModelError(f"YOLO training on {data_yaml.parent} failed: {e}") from e
-    weights = out_dir / "yolo" / "weights"
+    weights = out_dir / name / "weights"
     for name in ("best.pt", "last.pt"):
         if (weights / name).is_file():
             return weights / name

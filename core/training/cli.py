@@ -20,7 +20,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 @command(_train_args)
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a model: unet (direct segmenter) or matting (alpha refiner); sam2-decoder and yolo come later.
+    """Train a model: unet (direct segmenter), matting (alpha refiner) or yolo (detector for models.yolo).
 
     Runs in the foreground with a progress bar (Ctrl-C stops; --resume continues from last.pt),
     or with --queue as a daemon job whose epochs, loss and metrics show in `reelmask tui`.

@@ -24,8 +24,7 @@ TRAINERS: dict[str, TrainerSpec] = {
     "matting": TrainerSpec("matting", "core.training.matting", "alpha refiner for matting mode (seed 001)"),
     "sam2-decoder": TrainerSpec("sam2-decoder", "core.training.sam2_decoder", "SAM2 mask decoder fine-tuning (seed 003)",
                                 issue="the SAM2 decoder trainer"),
-    "yolo": TrainerSpec("yolo", "core.training.yolo", "Ultralytics detector from masks or a YOLO dataset",
-                        issue="the YOLO trainer"),
+    "yolo": TrainerSpec("yolo", "core.training.yolo", "Ultralytics detector from masks or a YOLO dataset"),
 }
 
 

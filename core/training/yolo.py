@@ -1,0 +1,244 @@
+"""`reelmask train yolo`: an Ultralytics detector from masks or a YOLO dataset, usable as `models.yolo`.
+
+`check` validates a dataset without torch or ultralytics (the dashboard calls it). `train` runs the same
+Ultralytics fine-tuning as detect mode's self-training (core.models.yolo_train.train_detector), starting
+from `models.yolo`, in a worker thread whose callbacks become the events yielded here: TrainStarted, a
+TrainStep per batch, an EpochEnd per epoch and TrainFinished. Into `out` it writes dataset/ (the generated
+YOLO dataset; never anything inside the user's data), ultralytics/ (Ultralytics' run folder),
+metrics.jsonl (one line per epoch), last.pt and best.pt (copied from the run folder).
+Dataset layouts: see core/training/yolo_data.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from core.config import Config, TrainConfig
+from core.errors import Cancelled, TrainingError
+from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
+from core.training.yolo_data import YoloYaml, build_from_masks, find_source, write_yaml
+
+KIND = "yolo"
+LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+RUN = "ultralytics"                 # Ultralytics' run folder inside out
+_DONE = object()
+
+
+def check(data: Path) -> str:
+    """Validate the dataset (data.yaml or frames with masks); a one-line summary of what was found."""
+    return find_source(Path(data)).summary()
+
+
+def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool] = lambda: False,
+          resume: bool = False) -> Iterator[object]:
+    """Fine-tune `models.yolo` on `data` into `out`; yields training events. Raises Cancelled when should_stop().
+
+    Keys: train.epochs, train.img_size (imgsz; config checks it is a multiple of 32), train.batch_size, train.workers,
+    train.seed, train.val_fraction (mask datasets without test/), detect.train_patience, models.device;
+    train.lr only when set to something else than its default (then AdamW at that rate, else
+    Ultralytics' own optimizer choice)."""
+    t = cfg.train
+    data, out = Path(data), Path(out)
+    source = find_source(data)
+    run_last = out / RUN / "weights" / LAST
+    continuing = _previous_run(out, resume, run_last)
+    if isinstance(source, YoloYaml):
+        data_yaml = write_yaml(source, out / "dataset")
+    else:
+        data_yaml, _, _ = build_from_masks(source, out / "dataset", t.val_fraction, t.seed)
+
+    from core.models.sam2_model import pick_device
+    from core.models.yolo import resolve_yolo_path
+    from core.models.yolo_train import TrainSettings
+
+    device = pick_device(cfg.models.device)
+    settings = TrainSettings(t.epochs, cfg.detect.train_patience, t.img_size, t.batch_size,
+                             "cpu" if device.type == "cpu" else str(device.index or 0), t.workers, t.seed,
+                             t.lr if t.lr != TrainConfig().lr else None)
+    if continuing and _finished(run_last):
+        yield from _already_finished(out)
+        return
+    base = run_last if continuing else resolve_yolo_path(cfg)
+    run = _Run(out, continuing)
+    yield from run.events(lambda: _fit(base, data_yaml, out, settings, run, continuing), should_stop)
+
+
+class _Run:
+    """What the Ultralytics callbacks (training thread) hand to the generator (caller's thread)."""
+
+    def __init__(self, out: Path, continuing: bool):
+        self.out, self.continuing = out, continuing
+        self.queue: queue.Queue = queue.Queue()
+        self.stop = threading.Event()
+        self.began = time.perf_counter()
+        self.step = self.total = 0
+        self.epoch_began = self.began
+        self.epoch_done = False     # on_fit_epoch_end also fires for the final validation: report only after an epoch
+        self.history: list[dict] = []
+        self.best: dict = {}
+
+    def events(self, work: Callable[[], None], should_stop: Callable[[], bool]) -> Iterator[object]:
+        """Run `work` in a thread and yield what its callbacks queue; should_stop() is asked here (its
+        state may belong to this thread, e.g. a SQLite connection) and passed on through an Event."""
+        def target() -> None:
+            try:
+                work()
+                self.queue.put(_DONE)
+            except BaseException as e:  # handed to the caller's thread, raised there
+                self.queue.put(e)
+
+        worker = threading.Thread(target=target, name="yolo-train", daemon=True)
+        worker.start()
+        try:
+            while True:
+                if should_stop():
+                    self.stop.set()
+                try:
+                    item = self.queue.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.stop.set()  # the caller went away (Ctrl-C, closed generator): stop at the next batch
+            worker.join()
+
+    # ---- Ultralytics callbacks (training thread)
+
+    def on_train_start(self, trainer) -> None:
+        steps = len(trainer.train_loader)
+        self.total = steps * max(0, trainer.epochs - trainer.start_epoch)
+        if self.continuing:
+            self.history = [m for m in _read_lines(self.out / METRICS) if m["epoch"] <= trainer.start_epoch]
+            _write_lines(self.out / METRICS, self.history)
+            kept = [m for m in self.history if m.get("best")]
+            self.best = kept[-1] if kept else {}
+        self.items = (len(trainer.train_loader.dataset), len(trainer.test_loader.dataset))
+        self.queue.put(TrainStarted(KIND, trainer.epochs, steps, *self.items, str(trainer.device),
+                                    trainer.start_epoch + 1))
+
+    def on_train_epoch_start(self, trainer) -> None:
+        self.epoch_began = time.perf_counter()
+
+    def on_train_batch_end(self, trainer) -> None:
+        if self.stop.is_set():
+            raise Cancelled("training cancelled; last.pt holds the last finished epoch (--resume continues)")
+        self.step += 1
+        loss = sum(float(v) for v in trainer.loss_items.values()) if trainer.loss_items is not None else float("nan")
+        self.queue.put(TrainStep(trainer.epoch + 1, self.step, self.total, loss))
+
+    def on_train_epoch_end(self, trainer) -> None:
+        self.epoch_done = True
+
+    def on_model_save(self, trainer) -> None:
+        _copy(trainer.last, self.out / LAST)
+        if trainer.best_fitness == trainer.fitness and trainer.best.is_file():
+            _copy(trainer.best, self.out / BEST)
+
+    def on_fit_epoch_end(self, trainer) -> None:
+        if not self.epoch_done:
+            return
+        self.epoch_done = False
+        seconds = time.perf_counter() - self.epoch_began
+        m = trainer.metrics or {}
+        losses = {f"train_{k}" if k.endswith("_loss") else f"train_{k}_loss": round(float(v), 6)
+                  for k, v in (trainer.tloss or {}).items()}
+        fitness = float(trainer.fitness) if trainer.fitness is not None else None
+        is_best = fitness is not None and trainer.best_fitness == trainer.fitness
+        metrics = {"epoch": trainer.epoch + 1, **losses,
+                   **{name: _rounded(m.get(f"metrics/{name}(B)")) for name in ("precision", "recall", "mAP50", "mAP50-95")},
+                   "fitness": _rounded(fitness), "lr": _rounded((trainer.lr or {}).get("lr/pg0")),
+                   "seconds": round(seconds, 3), "train_items": self.items[0], "val_items": self.items[1],
+                   "best": is_best}
+        self.history.append(metrics)
+        if is_best:
+            self.best = metrics
+        _write_lines(self.out / METRICS, self.history)
+        self.queue.put(EpochEnd(metrics["epoch"], metrics, is_best, seconds))
+
+    def on_train_end(self, trainer) -> None:
+        self.stopped_early = trainer.epoch + 1 < trainer.epochs
+
+    def finished(self, best: Path) -> TrainFinished:
+        _copy(best.parent / LAST, self.out / LAST)  # stripped of the optimizer by Ultralytics: smaller
+        _copy(best, self.out / BEST)
+        return TrainFinished(self.out, self.out / BEST, self.out / LAST, self.best,
+                             time.perf_counter() - self.began, getattr(self, "stopped_early", False))
+
+
+def _fit(base: Path, data_yaml: Path, out: Path, settings, run: _Run, continuing: bool) -> None:
+    from core.models.yolo_train import train_detector
+
+    names = ("on_train_start", "on_train_epoch_start", "on_train_batch_end", "on_train_epoch_end",
+             "on_model_save", "on_fit_epoch_end", "on_train_end")
+    best = train_detector(base, data_yaml, out, settings, name=RUN, resume=continuing,
+                          callbacks={n: getattr(run, n) for n in names})
+    run.queue.put(run.finished(best))
+
+
+def _previous_run(out: Path, resume: bool, run_last: Path) -> bool:
+    """True when an earlier run in `out` continues; refuses to overwrite a run otherwise."""
+    taken = [name for name in (LAST, BEST, METRICS, RUN) if (out / name).exists()]
+    if not resume:
+        if taken:
+            raise TrainingError(f"{out} already holds a training run ({', '.join(taken)}); choose another --out, "
+                                "or pass --resume to continue it")
+        return False
+    return run_last.is_file()
+
+
+def _finished(run_last: Path) -> bool:
+    """Ultralytics strips the optimizer from last.pt when a run ends (epoch -1): nothing left to resume."""
+    import torch
+
+    try:
+        ckpt = torch.load(run_last, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise TrainingError(f"cannot resume from {run_last} ({e}); choose another --out to start over") from e
+    return ckpt.get("epoch", -1) == -1 or ckpt.get("optimizer") is None
+
+
+def _already_finished(out: Path) -> Iterator[object]:
+    history = _read_lines(out / METRICS)
+    if not (out / BEST).is_file():
+        _copy(out / RUN / "weights" / BEST, out / BEST)
+    if not (out / LAST).is_file():
+        _copy(out / RUN / "weights" / LAST, out / LAST)
+    best = [m for m in history if m.get("best")]
+    yield TrainFinished(out, out / BEST, out / LAST, best[-1] if best else {}, 0.0)
+
+
+def _rounded(value) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Atomic copy: a reader never sees half a .pt file."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _read_lines(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _write_lines(path: Path, lines: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(line) + "\n" for line in lines)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
