@@ -23,16 +23,16 @@ import numpy as np
 
 from core import __version__
 from core.config import Config, TrainConfig
-from core.errors import ModelError, TrainingError
+from core.errors import TrainingError
 from core.matting import features as feature_spec
 from core.matting.refiner import FORMAT, KIND, load_checkpoint, read_refiner_header
 from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
 from core.training.matting_cache import CachedSamples, FeatureCache
 from core.training.matting_data import (BACKGROUNDS, backgrounds_folder, find_backgrounds, find_dataset,
                                         split)
-from core.training.unet import _batches, _write_lines
+from core.training.runs import BEST, LAST, METRICS, batches, previous_run, resume_state, write_lines
 
-LAST, BEST, METRICS, CACHE = "last.pt", "best.pt", "metrics.jsonl", "cache"
+CACHE = "cache"
 CKPT_KEYS = ("kind", "format", "arch", "img_size", "epoch", "metrics", "sam2", "features", "train", "model", "reelmask")
 
 
@@ -69,7 +69,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
                             "elsewhere: choose another --out")
     parts = split(find_dataset(data, t.frame_every), find_backgrounds(backgrounds_folder(data, cfg)),
                   t.frame_every, t.val_fraction, t.seed)
-    previous = _previous_run(out, resume)
+    previous = previous_run(out, resume, load_checkpoint)
     weights, sam2_key = _sam2_key(cfg)
     if previous is not None:
         if previous["img_size"] != t.img_size:
@@ -100,14 +100,8 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     start = 1
     out.mkdir(parents=True, exist_ok=True)
     if previous is not None:
-        model.load_state_dict(previous["model"])
-        optimizer.load_state_dict(previous["optimizer"])
-        for group in optimizer.param_groups:
-            group["lr"] = t.lr  # the configured rate wins over the saved one
-        history = [dict(m) for m in previous["history"]][: previous["epoch"]]
-        best, start = previous.get("best"), previous["epoch"] + 1
-        _write_lines(out / METRICS, history)
-        _restore_best(out, previous)
+        history, best, start = resume_state(previous, model, optimizer, t.lr, out, read_refiner_header,
+                                            save_checkpoint, CKPT_KEYS)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
 
     train_samples = [s for clip in parts.train for s in clip]
@@ -136,7 +130,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
         model.train()
         loss_sum, seen = 0.0, 0
-        for batch in _batches(DataLoader(train_set, sampler=order.tolist(), **loader_options), should_stop):
+        for batch in batches(DataLoader(train_set, sampler=order.tolist(), **loader_options), should_stop):
             rgb, mask, feats = to_tensors(*batch[:3], device)
             alpha = batch[3].to(device).float() / 255.0
             rng = np.random.default_rng([t.seed, epoch, step])
@@ -174,7 +168,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
                                      "best": best, "data": str(data.resolve())})
         if is_best:
             save_checkpoint(out / BEST, ckpt)
-        _write_lines(out / METRICS, history)
+        write_lines(out / METRICS, history)
         yield EpochEnd(epoch, metrics, is_best, seconds)
 
     best_metrics = next((m for m in history if best and m["epoch"] == best["epoch"]), {})
@@ -194,7 +188,7 @@ def _validate(model, clips, cache: FeatureCache, device, t: TrainConfig, should_
     with torch.inference_mode():
         for clip in clips:
             preds, gts = [], []
-            for rgb, mask, feats, alpha in _batches(_chunks(CachedSamples([cache.path(s) for s in clip]), t.batch_size),
+            for rgb, mask, feats, alpha in batches(_chunks(CachedSamples([cache.path(s) for s in clip]), t.batch_size),
                                                     should_stop):
                 x = to_tensors(rgb, mask, feats, device)
                 target = torch.as_tensor(alpha).to(device).float() / 255.0
@@ -223,38 +217,3 @@ def _chunks(dataset: CachedSamples, size: int) -> Iterator[tuple[np.ndarray, ...
     for i in range(0, len(dataset), size):
         items = [dataset[j] for j in range(i, min(i + size, len(dataset)))]
         yield tuple(np.stack(parts) for parts in zip(*items))
-
-
-def _previous_run(out: Path, resume: bool) -> dict | None:
-    """last.pt of an earlier run in `out` when resuming; refuses to overwrite a run otherwise."""
-    taken = [name for name in (LAST, BEST, METRICS) if (out / name).exists()]
-    if not resume:
-        if taken:
-            raise TrainingError(f"{out} already holds a training run ({', '.join(taken)}); choose another --out, "
-                                "or pass --resume to continue it")
-        return None
-    if not (out / LAST).exists():
-        return None  # nothing finished yet: start from epoch 1 (the SAM2 cache is reused)
-    try:
-        data = load_checkpoint(out / LAST)
-    except Exception as e:
-        raise TrainingError(f"cannot resume from {out / LAST} ({e}); choose another --out to start over") from e
-    if "optimizer" not in data or "history" not in data:
-        raise TrainingError(f"{out / LAST} is not a resumable last.pt (no optimizer state); choose another --out")
-    return data
-
-
-def _restore_best(out: Path, previous: dict) -> None:
-    """If the epoch of last.pt was the best one but best.pt missed it (a crash in between), write it."""
-    from core.training.unet_checkpoint import save_checkpoint
-
-    best = previous.get("best") or {}
-    if best.get("epoch") != previous["epoch"]:
-        return
-    try:
-        if read_refiner_header(out / BEST)["epoch"] == best["epoch"]:
-            return
-    except ModelError:  # missing or unreadable: write it again
-        pass
-    save_checkpoint(out / BEST, {k: previous[k] for k in CKPT_KEYS if k in previous})
-

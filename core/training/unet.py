@@ -8,21 +8,21 @@ or train loss without validation). Dataset layouts: see core/training/unet_data.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 from core import __version__
 from core.config import Config
-from core.errors import Cancelled, ModelError, TrainingError
+from core.errors import TrainingError
 from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
 from core.training.unet_checkpoint import FORMAT, KIND, load_checkpoint, read_header, save_checkpoint
+from core.training.runs import BEST, LAST, METRICS, batches, previous_run, resume_state, write_lines
 from core.training.unet_data import Samples, find_dataset, split
 
-LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+# what best.pt keeps of last.pt
+BEST_KEYS = ("kind", "format", "arch", "img_size", "normalize", "epoch", "metrics", "model", "reelmask")
 # the normalisation of core.frames.to_model_input (ImageNet statistics), recorded for other readers
 NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "scale": 255.0}
 
@@ -38,7 +38,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     t = cfg.train
     data, out = Path(data), Path(out)
     parts = split(find_dataset(data), t.val_fraction, t.seed)
-    previous = _previous_run(out, resume)
+    previous = previous_run(out, resume, load_checkpoint)
     if previous is not None and previous["img_size"] != t.img_size:
         raise TrainingError(f"{out / LAST} was trained at train.img_size = {previous['img_size']}; resume with "
                             f"--set train.img_size={previous['img_size']} or choose another --out")
@@ -61,14 +61,8 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     start = 1
     out.mkdir(parents=True, exist_ok=True)
     if previous is not None:
-        model.load_state_dict(previous["model"])
-        optimizer.load_state_dict(previous["optimizer"])
-        for group in optimizer.param_groups:
-            group["lr"] = t.lr  # the configured rate wins over the saved one
-        history = [dict(m) for m in previous["history"]][: previous["epoch"]]
-        best, start = previous.get("best"), previous["epoch"] + 1
-        _write_lines(out / METRICS, history)
-        _restore_best(out, previous)
+        history, best, start = resume_state(previous, model, optimizer, t.lr, out, read_header, save_checkpoint,
+                                            BEST_KEYS)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
 
     train_set = Samples(parts.train, t.img_size, augment=True, seed=t.seed)
@@ -85,7 +79,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
         model.train()
         loss_sum, seen = 0.0, 0
-        for x, y in _batches(DataLoader(train_set, sampler=order.tolist(), **loader_options), should_stop):
+        for x, y in batches(DataLoader(train_set, sampler=order.tolist(), **loader_options), should_stop):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
                 logits = model(x)
@@ -107,7 +101,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
             model.eval()
             v_loss, v_ious = 0.0, []
             with torch.inference_mode():
-                for x, y in _batches(DataLoader(val_set, shuffle=False, **loader_options), should_stop):
+                for x, y in batches(DataLoader(val_set, shuffle=False, **loader_options), should_stop):
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
                         logits = model(x)
@@ -132,67 +126,8 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
                                      "best": best, "split": parts.how, "data": str(data.resolve())})
         if is_best:
             save_checkpoint(out / BEST, ckpt)
-        _write_lines(out / METRICS, history)
+        write_lines(out / METRICS, history)
         yield EpochEnd(epoch, metrics, is_best, seconds)
 
     best_metrics = next((m for m in history if best and m["epoch"] == best["epoch"]), {})
     yield TrainFinished(out, out / BEST, out / LAST, best_metrics, time.perf_counter() - began)
-
-
-def _previous_run(out: Path, resume: bool) -> dict | None:
-    """last.pt of an earlier run in `out` when resuming; refuses to overwrite a run otherwise."""
-    taken = [name for name in (LAST, BEST, METRICS) if (out / name).exists()]
-    if not resume:
-        if taken:
-            raise TrainingError(f"{out} already holds a training run ({', '.join(taken)}); choose another --out, "
-                                "or pass --resume to continue it")
-        return None
-    if not (out / LAST).exists():
-        return None  # nothing finished yet: start from epoch 1
-    try:
-        data = load_checkpoint(out / LAST)
-    except Exception as e:
-        raise TrainingError(f"cannot resume from {out / LAST} ({e}); choose another --out to start over") from e
-    if "optimizer" not in data or "history" not in data:
-        raise TrainingError(f"{out / LAST} is not a resumable last.pt (no optimizer state); choose another --out")
-    return data
-
-
-def _restore_best(out: Path, previous: dict) -> None:
-    """If the epoch of last.pt was the best one but best.pt missed it (a crash in between), write it."""
-    best = previous.get("best") or {}
-    if best.get("epoch") != previous["epoch"]:
-        return
-    try:
-        if read_header(out / BEST)["epoch"] == best["epoch"]:
-            return
-    except ModelError:  # missing or unreadable: write it again
-        pass
-    keep = ("kind", "format", "arch", "img_size", "normalize", "epoch", "metrics", "model", "reelmask")
-    save_checkpoint(out / BEST, {k: previous[k] for k in keep if k in previous})
-
-
-def _batches(loader, should_stop: Callable[[], bool]) -> Iterator[object]:
-    """The loader's batches, checking should_stop before each; a dataset error from a worker process
-    comes back as the one-line TrainingError it was."""
-    batches = iter(loader)
-    while True:
-        if should_stop():
-            raise Cancelled("training cancelled; last.pt holds the last finished epoch (--resume continues)")
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except TrainingError as e:
-            last_line = str(e).strip().splitlines()[-1]
-            raise TrainingError(last_line.split("TrainingError: ", 1)[-1]) from None
-        yield batch
-
-
-def _write_lines(path: Path, lines: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(line) + "\n" for line in lines)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -11,7 +11,6 @@ Dataset layouts: see core/training/yolo_data.py.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import shutil
@@ -23,10 +22,10 @@ from typing import Callable, Iterator
 from core.config import Config, TrainConfig
 from core.errors import Cancelled, TrainingError
 from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
+from core.training.runs import BEST, LAST, METRICS, read_lines, refuse_existing, write_lines
 from core.training.yolo_data import YoloYaml, build_from_masks, find_source, write_yaml
 
 KIND = "yolo"
-LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
 RUN = "ultralytics"                 # Ultralytics' run folder inside out
 _DONE = object()
 
@@ -119,8 +118,8 @@ class _Run:
         steps = len(trainer.train_loader)
         self.total = steps * max(0, trainer.epochs - trainer.start_epoch)
         if self.continuing:
-            self.history = [m for m in _read_lines(self.out / METRICS) if m["epoch"] <= trainer.start_epoch]
-            _write_lines(self.out / METRICS, self.history)
+            self.history = [m for m in read_lines(self.out / METRICS) if m["epoch"] <= trainer.start_epoch]
+            write_lines(self.out / METRICS, self.history)
             kept = [m for m in self.history if m.get("best")]
             self.best = kept[-1] if kept else {}
         self.items = (len(trainer.train_loader.dataset), len(trainer.test_loader.dataset))
@@ -163,7 +162,7 @@ class _Run:
         self.history.append(metrics)
         if is_best:
             self.best = metrics
-        _write_lines(self.out / METRICS, self.history)
+        write_lines(self.out / METRICS, self.history)
         self.queue.put(EpochEnd(metrics["epoch"], metrics, is_best, seconds))
 
     def on_train_end(self, trainer) -> None:
@@ -188,11 +187,8 @@ def _fit(base: Path, data_yaml: Path, out: Path, settings, run: _Run, continuing
 
 def _previous_run(out: Path, resume: bool, run_last: Path) -> bool:
     """True when an earlier run in `out` continues; refuses to overwrite a run otherwise."""
-    taken = [name for name in (LAST, BEST, METRICS, RUN) if (out / name).exists()]
     if not resume:
-        if taken:
-            raise TrainingError(f"{out} already holds a training run ({', '.join(taken)}); choose another --out, "
-                                "or pass --resume to continue it")
+        refuse_existing(out, (RUN,))
         return False
     return run_last.is_file()
 
@@ -209,7 +205,7 @@ def _finished(run_last: Path) -> bool:
 
 
 def _already_finished(out: Path) -> Iterator[object]:
-    history = _read_lines(out / METRICS)
+    history = read_lines(out / METRICS)
     if not (out / BEST).is_file():
         _copy(out / RUN / "weights" / BEST, out / BEST)
     if not (out / LAST).is_file():
@@ -227,18 +223,3 @@ def _copy(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp")
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
-
-
-def _read_lines(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _write_lines(path: Path, lines: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(line) + "\n" for line in lines)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

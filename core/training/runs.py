@@ -1,0 +1,93 @@
+"""A training run folder, shared by the trainers: last.pt / best.pt / metrics.jsonl, refusing to
+overwrite a run, resuming one, and the batch loop's cancel check. No torch at import."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from core.errors import Cancelled, ModelError, TrainingError
+
+LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+
+
+def refuse_existing(out: Path, also: tuple[str, ...] = ()) -> None:
+    """A run folder that already holds a run (or any of `also`) is never overwritten without --resume."""
+    taken = [name for name in (LAST, BEST, METRICS, *also) if (out / name).exists()]
+    if taken:
+        raise TrainingError(f"{out} already holds a training run ({', '.join(taken)}); choose another --out, "
+                            "or pass --resume to continue it")
+
+
+def previous_run(out: Path, resume: bool, load: Callable[[Path], dict]) -> dict | None:
+    """last.pt of an earlier run in `out` (read with `load`) when resuming; refuses to overwrite a run
+    otherwise. None when there is nothing to continue: start from epoch 1."""
+    if not resume:
+        refuse_existing(out)
+        return None
+    if not (out / LAST).exists():
+        return None
+    try:
+        data = load(out / LAST)
+    except Exception as e:
+        raise TrainingError(f"cannot resume from {out / LAST} ({e}); choose another --out to start over") from e
+    if "optimizer" not in data or "history" not in data:
+        raise TrainingError(f"{out / LAST} is not a resumable last.pt (no optimizer state); choose another --out")
+    return data
+
+
+def resume_state(previous: dict, model, optimizer, lr: float, out: Path, read_header: Callable[[Path], dict],
+                 save: Callable[[Path, dict], None], best_keys: Iterable[str]) -> tuple[list[dict], dict | None, int]:
+    """Load last.pt's weights and optimizer (the configured learning rate wins over the saved one),
+    rewrite metrics.jsonl to the epochs it covers and best.pt if a crash came between the two files;
+    returns (history, best, first epoch to run)."""
+    model.load_state_dict(previous["model"])
+    optimizer.load_state_dict(previous["optimizer"])
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    history = [dict(m) for m in previous["history"]][: previous["epoch"]]
+    write_lines(out / METRICS, history)
+    best = previous.get("best")
+    if (best or {}).get("epoch") == previous["epoch"]:
+        try:
+            current = read_header(out / BEST)["epoch"]
+        except ModelError:  # missing or unreadable: write it again
+            current = None
+        if current != best["epoch"]:
+            save(out / BEST, {k: previous[k] for k in best_keys if k in previous})
+    return history, best, previous["epoch"] + 1
+
+
+def batches(loader, should_stop: Callable[[], bool]) -> Iterator[object]:
+    """The loader's batches, checking should_stop before each; a dataset error from a worker process
+    comes back as the one-line TrainingError it was."""
+    items = iter(loader)
+    while True:
+        if should_stop():
+            raise Cancelled("training cancelled; last.pt holds the last finished epoch (--resume continues)")
+        try:
+            batch = next(items)
+        except StopIteration:
+            return
+        except TrainingError as e:
+            last_line = str(e).strip().splitlines()[-1]
+            raise TrainingError(last_line.split("TrainingError: ", 1)[-1]) from None
+        yield batch
+
+
+def read_lines(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_lines(path: Path, lines: list[dict]) -> None:
+    """metrics.jsonl, replaced atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(line) + "\n" for line in lines)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
