@@ -19,7 +19,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
 
-import cv2
 import numpy as np
 
 from core.engine.chunks import Chunk, Resumable
@@ -49,16 +48,10 @@ class MaskFolderEngine(Resumable):
         self.files = mask_files(folder)
 
     def read(self, frame: int) -> np.ndarray:
-        path = self.files[frame]
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise FrameFolderError(f"mask {path} cannot be read; re-export or remove it")
-        if img.ndim == 3:
-            img = img.max(axis=2)
-        if img.shape != (self.folder.height, self.folder.width):
-            raise FrameFolderError(f"mask {path.name} is {img.shape[1]}x{img.shape[0]} but the frames are "
-                                   f"{self.folder.width}x{self.folder.height}; masks must match their frames")
-        return (img > 0).astype(np.uint8)  # one target: everything masked is the object to matte
+        from core.engine.regions import read_sidecar
+
+        # one target: everything masked is the object to matte
+        return (read_sidecar(self.files[frame], self.folder, "mask") > 0).astype(np.uint8)
 
     def run(self) -> Iterator[object]:
         for pos, chunk in enumerate(self.chunks):

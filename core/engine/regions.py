@@ -56,6 +56,20 @@ def _find_sidecar(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def read_sidecar(path: Path, folder: FrameFolder, what: str) -> np.ndarray:
+    """A mask or difference image of masks/ or diffs/ as HxW values (the largest channel of a colour
+    file), checked to be readable and of the frames' size."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise FrameFolderError(f"{what} {path} cannot be read; re-export or remove it")
+    if img.ndim == 3:
+        img = img.max(axis=2)
+    if img.shape != (folder.height, folder.width):
+        raise FrameFolderError(f"{what} {path.name} is {img.shape[1]}x{img.shape[0]} but the frames are "
+                               f"{folder.width}x{folder.height}; it must match its frame")
+    return img
+
+
 class MaskRegions:
     source = "mask"
 
@@ -80,15 +94,7 @@ class MaskRegions:
         return [f for i, f in enumerate(inside) if i % self.every == 0]
 
     def _read(self, path: Path, what: str) -> np.ndarray:
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise FrameFolderError(f"{what} {path.name} cannot be read; re-export or remove it")
-        if img.ndim == 3:
-            img = img.max(axis=2)
-        if img.shape != (self.folder.height, self.folder.width):
-            raise FrameFolderError(f"{what} {path.name} is {img.shape[1]}x{img.shape[0]} but the frames are "
-                                   f"{self.folder.width}x{self.folder.height}")
-        return img
+        return read_sidecar(path, self.folder, what)
 
     def regions(self, frame: int) -> list[Region]:
         stem = self.folder.stem(frame)
