@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import zipfile
 from pathlib import Path
 
 import cv2
@@ -41,33 +40,11 @@ REACH = 0.03
 def read_refiner_header(path: Path) -> dict:
     """The plain keys of a refiner checkpoint (HEADER_KEYS), without torch; ModelError naming the file
     when it is not one."""
-    from core.training.unet_checkpoint import _HeaderUnpickler
+    from core.training.unet_checkpoint import read_checkpoint_header
 
-    path = Path(path)
-    what = f"{path} is not a reelmask matting refiner checkpoint"
-    try:
-        with zipfile.ZipFile(path) as z:
-            pkl = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
-            if pkl is None:
-                raise ModelError(f"{what} (no torch data in it); {FIX}")
-            with z.open(pkl) as f:
-                data = _HeaderUnpickler(f).load()
-    except ModelError:
-        raise
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ModelError(f"{what} ({e}); {FIX}") from e
-    except Exception as e:  # a pickle from elsewhere can fail in many ways
-        raise ModelError(f"{what} (unreadable: {e}); {FIX}") from e
-    if not isinstance(data, dict) or data.get("kind") != KIND:
-        got = data.get("kind") if isinstance(data, dict) else type(data).__name__
-        raise ModelError(f"{what} (kind {got!r}, expected {KIND!r}); {FIX}")
-    if data.get("format") != FORMAT:
-        raise ModelError(f"{path} is a matting refiner of format {data.get('format')!r}, but this reelmask reads "
-                         f"format {FORMAT}; retrain it with `reelmask train matting` or upgrade reelmask")
-    missing = [k for k in HEADER_KEYS if k not in data]
-    if missing:
-        raise ModelError(f"{path} lacks {', '.join(missing)}; {FIX}")
-    return {k: data[k] for k in HEADER_KEYS}
+    return read_checkpoint_header(path, kind=KIND, fmt=FORMAT, keys=HEADER_KEYS,
+                                  name="a reelmask matting refiner checkpoint", family="a matting refiner",
+                                  trainer="matting", fix=FIX)
 
 
 def check_checkpoint(path: Path) -> dict:

@@ -76,34 +76,43 @@ class _HeaderUnpickler(pickle.Unpickler):
         return None  # tensor storages: not needed for the header
 
 
-def read_header(path: Path) -> dict:
-    """kind, format, arch, img_size, epoch, metrics of a checkpoint, without torch; raises ModelError
-    when `path` is not a reelmask U-Net checkpoint."""
+def read_checkpoint_header(path: Path, *, kind: str, fmt: int, keys: tuple[str, ...], name: str, family: str,
+                           trainer: str, fix: str) -> dict:
+    """The plain `keys` of a reelmask checkpoint of `kind`, without torch; a ModelError naming the file
+    when it is not one (`name`: "a reelmask U-Net checkpoint"; `family`: "a U-Net checkpoint")."""
     path = Path(path)
-    fix = "give the best.pt or last.pt written by `reelmask train unet`"
+    what = f"{path} is not {name}"
     try:
         with zipfile.ZipFile(path) as z:
             pkl = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
             if pkl is None:
-                raise ModelError(f"{path} is not a reelmask U-Net checkpoint (no torch data in it); {fix}")
+                raise ModelError(f"{what} (no torch data in it); {fix}")
             with z.open(pkl) as f:
                 data = _HeaderUnpickler(f).load()
     except ModelError:
         raise
     except (zipfile.BadZipFile, OSError) as e:
-        raise ModelError(f"{path} is not a reelmask U-Net checkpoint ({e}); {fix}") from e
+        raise ModelError(f"{what} ({e}); {fix}") from e
     except Exception as e:  # a pickle from elsewhere can fail in many ways
-        raise ModelError(f"{path} is not a reelmask U-Net checkpoint (unreadable: {e}); {fix}") from e
-    if not isinstance(data, dict) or data.get("kind") != KIND:
+        raise ModelError(f"{what} (unreadable: {e}); {fix}") from e
+    if not isinstance(data, dict) or data.get("kind") != kind:
         got = data.get("kind") if isinstance(data, dict) else type(data).__name__
-        raise ModelError(f"{path} is not a reelmask U-Net checkpoint (kind {got!r}, expected 'unet'); {fix}")
-    if data.get("format") != FORMAT:
-        raise ModelError(f"{path} is a U-Net checkpoint of format {data.get('format')!r}, but this reelmask "
-                         f"reads format {FORMAT}; retrain it with `reelmask train unet` or upgrade reelmask")
-    missing = [k for k in _HEADER_KEYS if k not in data]
+        raise ModelError(f"{what} (kind {got!r}, expected {kind!r}); {fix}")
+    if data.get("format") != fmt:
+        raise ModelError(f"{path} is {family} of format {data.get('format')!r}, but this reelmask reads "
+                         f"format {fmt}; retrain it with `reelmask train {trainer}` or upgrade reelmask")
+    missing = [k for k in keys if k not in data]
     if missing:
         raise ModelError(f"{path} lacks {', '.join(missing)}; {fix}")
-    return {k: data[k] for k in _HEADER_KEYS}
+    return {k: data[k] for k in keys}
+
+
+def read_header(path: Path) -> dict:
+    """kind, format, arch, img_size, epoch, metrics of a checkpoint, without torch; raises ModelError
+    when `path` is not a reelmask U-Net checkpoint."""
+    return read_checkpoint_header(path, kind=KIND, fmt=FORMAT, keys=_HEADER_KEYS, name="a reelmask U-Net checkpoint",
+                                  family="a U-Net checkpoint", trainer="unet",
+                                  fix="give the best.pt or last.pt written by `reelmask train unet`")
 
 
 def resolve_unet_path(cfg: Config) -> Path:
