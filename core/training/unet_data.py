@@ -5,6 +5,10 @@ Accepted layouts (a "video" is a folder with images/ and masks/):
     DATA/train/<video>/{images,masks}  [+ DATA/test/<video>/{images,masks} for validation]
     DATA/<video>/{images,masks}        every video trains
     DATA/{images,masks}                one video
+    DATA/JPEGImages/480p/<seq>/00000.jpg with DATA/Annotations/480p/<seq>/00000.png
+                                       DAVIS; the level folder may be another (480p preferred) or absent
+                                       (YouTube-VOS); DATA/ImageSets/<year>/{train,val}.txt, when present,
+                                       name the train and test sequences (newest year), else all train
 
 Masks are PNGs named after their image (00012.png for 00012.jpg); any nonzero pixel is the object.
 Nothing here imports torch: the dashboard checks datasets with it, and the DataLoader takes the
@@ -14,6 +18,7 @@ sample class as it is.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +30,11 @@ from core.errors import FrameFolderError, TrainingError
 from core.frames import _pil_open, decode_rgb, is_frame_name, natural_key, to_model_input
 
 IMAGES, MASKS = "images", "masks"
+VOS_IMAGES, VOS_MASKS, VOS_SETS = "JPEGImages", "Annotations", "ImageSets"
+PREFERRED_LEVEL = "480p"
+_LEVEL = re.compile(r"\d+p|full-resolution", re.IGNORECASE)  # DAVIS resolution folders
+VOS_LAYOUT = (f"{VOS_IMAGES}/480p/<seq>/00000.jpg with {VOS_MASKS}/480p/<seq>/00000.png "
+              "(or without the 480p level, as in YouTube-VOS)")
 
 
 @dataclass(frozen=True)
@@ -46,8 +56,10 @@ class Video:
 @dataclass(frozen=True)
 class Dataset:
     train: tuple[Video, ...]
-    test: tuple[Video, ...] = ()   # from DATA/test; empty = hold part of train out
+    test: tuple[Video, ...] = ()   # from DATA/test (or val.txt); empty = hold part of train out
     root: Path = field(default=Path("."))
+    note: str = ""                 # how the layout was read (DAVIS level, ImageSets); ends summary()
+    test_from: str = "test/"       # where test came from, for Split.how
 
     @property
     def unmasked(self) -> int:
@@ -63,6 +75,8 @@ class Dataset:
         text += f", {part(self.test, ' (test)')}" if self.test else ", no test/ (part of train is held out)"
         if self.unmasked:
             text += f"; {self.unmasked} frame{'s' if self.unmasked != 1 else ''} without a mask skipped"
+        if self.note:
+            text += f"; {self.note}"
         return text
 
 
@@ -72,6 +86,8 @@ def find_dataset(data: Path) -> Dataset:
     if not data.is_dir():
         raise TrainingError(f"the dataset folder {data} does not exist; give --data the folder that holds "
                             "train/<video>/images and masks")
+    if (data / VOS_IMAGES).is_dir() or (data / VOS_MASKS).is_dir():
+        return _vos_dataset(data)
     if (data / "train").is_dir():
         train = _videos(data / "train")
         test = _videos(data / "test") if (data / "test").is_dir() else ()
@@ -93,23 +109,27 @@ def _videos(root: Path) -> tuple[Video, ...]:
     if (root / IMAGES).is_dir():
         candidates = [root]
     else:
-        candidates = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                            key=lambda p: natural_key(p.name))
-        candidates = [p for p in candidates if (p / IMAGES).is_dir() or (p / MASKS).is_dir()]
+        candidates = [p for p in _subfolders(root) if (p / IMAGES).is_dir() or (p / MASKS).is_dir()]
     videos = []
     for folder in candidates:
-        video = _video(folder)
+        video = _folder_video(folder)
         if video.pairs:
             videos.append(video)
     return tuple(videos)
 
 
-def _video(folder: Path) -> Video:
+def _folder_video(folder: Path) -> Video:
+    """A video folder with images/ and masks/."""
     images_dir, masks_dir = folder / IMAGES, folder / MASKS
     for needed in (images_dir, masks_dir):
         if not needed.is_dir():
             raise TrainingError(f"{folder} has no {needed.name}/ folder; a video needs images/ (frames) and "
                                 "masks/ (a PNG per frame, same name)")
+    return _video(folder.resolve().name, folder, images_dir, masks_dir)
+
+
+def _video(name: str, root: Path, images_dir: Path, masks_dir: Path) -> Video:
+    """The images of `images_dir` paired with the same-stem PNGs of `masks_dir` (both exist), sizes checked."""
     masks = {p.stem: p for p in masks_dir.iterdir() if is_frame_name(p.name) and p.suffix.lower() == ".png"}
     images = sorted((p for p in images_dir.iterdir() if is_frame_name(p.name) and p.is_file()),
                     key=lambda p: natural_key(p.name))
@@ -125,7 +145,105 @@ def _video(folder: Path) -> Video:
             raise TrainingError(f"mask {mask} is {mask_size[0]}x{mask_size[1]} but its image {image} is "
                                 f"{size[0]}x{size[1]}; a mask must have the size of its image")
         pairs.append(Pair(image, mask))
-    return Video(folder.resolve().name, folder, tuple(pairs), unmasked)
+    return Video(name, root, tuple(pairs), unmasked)
+
+
+# ------------------------------------------------------------------ DAVIS / YouTube-VOS
+
+def _vos_dataset(data: Path) -> Dataset:
+    """JPEGImages/[level/]<seq> with Annotations/[level/]<seq>; train/test from ImageSets when present."""
+    images_top, masks_top = data / VOS_IMAGES, data / VOS_MASKS
+    for have, missing in ((images_top, masks_top), (masks_top, images_top)):
+        if not missing.is_dir():
+            raise TrainingError(f"{data} has {have.name}/ but no {missing.name}/ folder; add it: the DAVIS "
+                                f"layout is {VOS_LAYOUT}")
+    level, unused = _resolution_level(images_top)
+    images_root = images_top / level if level else images_top
+    masks_root = masks_top / level if level else masks_top
+    if not masks_root.is_dir():
+        raise TrainingError(f"{masks_root} is missing; the frames in {images_root}/<seq> need their masks in "
+                            f"{masks_root}/<seq> (a PNG per frame, same name)")
+    sequences = {p.name: p for p in _subfolders(images_root)}
+    train_names, test_names, year, skipped = _image_sets(data / VOS_SETS, sequences, images_root)
+    sets = f"{VOS_SETS}/{year}"
+
+    def videos(names: list[str]) -> tuple[Video, ...]:
+        found = []
+        for name in names:
+            if not (masks_root / name).is_dir():
+                raise TrainingError(f"sequence {name} has frames in {images_root / name} but no "
+                                    f"{masks_root / name} folder; add its masks there (a PNG per frame, same "
+                                    "name) or remove the sequence")
+            video = _video(name, sequences[name], sequences[name], masks_root / name)
+            if video.pairs:
+                found.append(video)
+        return tuple(found)
+
+    train, test = videos(train_names), videos(test_names)
+    if not train:
+        raise TrainingError(f"no image+mask pairs in {images_root} and {masks_root}; expected {VOS_LAYOUT}")
+    if test_names and not test:
+        raise TrainingError(f"no sequence listed in {data / sets / 'val.txt'} has image+mask pairs; add their "
+                            f"masks to {masks_root}, or remove val.txt to hold out part of train instead")
+    notes = []
+    if level:
+        notes.append(f"frames from {VOS_IMAGES}/{level}" + (f" ({', '.join(unused)} not used)" if unused else ""))
+    if year:
+        notes.append(f"train/test from {sets}")
+    if skipped:
+        notes.append(f"{skipped} listed sequence{'s' if skipped != 1 else ''} not in {images_root.name}/ skipped")
+    return Dataset(train, test, data, "; ".join(notes), f"{sets}/val.txt" if test else "test/")
+
+
+def _resolution_level(images_top: Path) -> tuple[str, list[str]]:
+    """The DAVIS resolution folder to use (480p preferred, else the first) and the others; ("", []) when the
+    sequences sit directly in JPEGImages/."""
+    levels = [p.name for p in _subfolders(images_top) if _LEVEL.fullmatch(p.name)]
+    if not levels:
+        return "", []
+    chosen = next((n for n in levels if n.lower() == PREFERRED_LEVEL), levels[0])
+    return chosen, [n for n in levels if n != chosen]
+
+
+def _image_sets(sets: Path, sequences: dict[str, Path],
+                images_root: Path) -> tuple[list[str], list[str], str, int]:
+    """(train, test, year, listed but missing) from the newest ImageSets/<year>/{train,val}.txt; without
+    them every sequence trains (year "")."""
+    years = [p for p in _subfolders(sets) if p.name.isdigit()
+             and ((p / "train.txt").is_file() or (p / "val.txt").is_file())] if sets.is_dir() else []
+    if not years:
+        return sorted(sequences, key=natural_key), [], "", 0
+    year = max(years, key=lambda p: int(p.name))
+    listed, missing = {}, 0
+    for part in ("train", "val"):
+        if (year / f"{part}.txt").is_file():
+            listed[part], skipped = _listed(year / f"{part}.txt", sequences, images_root)
+            missing += skipped
+    test = listed.get("val", [])
+    train = listed["train"] if "train" in listed else [n for n in sorted(sequences, key=natural_key)
+                                                       if n not in test]
+    return train, test, year.name, missing
+
+
+def _listed(file: Path, sequences: dict[str, Path], images_root: Path) -> tuple[list[str], int]:
+    """The sequences named in `file` (one a line) that exist, naturally sorted, and how many do not."""
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TrainingError(f"{file} cannot be read ({e}); it should list one sequence name a line") from e
+    names = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
+    present = sorted((n for n in names if n in sequences), key=natural_key)
+    if not present:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise TrainingError(f"none of the sequences listed in {file} ({shown or 'none'}) is a folder in "
+                            f"{images_root}; fix the list or remove it")
+    return present, len(names) - len(present)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """Visible sub-folders in natural order."""
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: natural_key(p.name))
 
 
 def header_size(path: Path, what: str) -> tuple[int, int]:
@@ -158,7 +276,7 @@ def split(dataset: Dataset, val_fraction: float, seed: int) -> Split:
         return tuple(p for v in videos for p in v.pairs)
 
     if dataset.test:
-        return Split(flat(dataset.train), flat(dataset.test), "test/")
+        return Split(flat(dataset.train), flat(dataset.test), dataset.test_from)
     videos = dataset.train
     if val_fraction <= 0:
         return Split(flat(videos), (), "none")
