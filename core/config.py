@@ -69,6 +69,8 @@ class ModelsConfig:
     sam2_weights: str = _key("auto", '"auto" = cached official checkpoint, downloaded on first use; "random" = untrained weights for tests')
     sam2_arch: str = _key("auto", 'architecture of a checkpoint given by path: "auto" reads it from the weights, or a variant name')
     image_size: int = _key(1024, "SAM2 input size in pixels (multiple of 32); lower is faster and coarser")
+    sam2_decoder: str = _key("", "fine-tuned mask decoder (best.pt from `reelmask train sam2-decoder`) used in every "
+                                 "SAM2 mode; empty = SAM2's own")
     yolo: str = _key("yolo11n.pt", "Ultralytics detector weights for detect mode")
     device: str = _key("auto", '"auto" (CUDA if present, else CPU), "cpu", "cuda" or "cuda:N"')
     dtype: str = _key("auto", '"auto" (bfloat16 autocast on CUDA, float32 on CPU), "float32" or "bfloat16"')
@@ -162,16 +164,27 @@ class MattingConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     out: str = _key("runs", "where `reelmask train` puts a run without --out: <out>/<kind>-<dataset name>")
-    epochs: int = _key(20, "passes over the training set")
-    lr: float = _key(1e-4, "learning rate")
-    batch_size: int = _key(8, "images per optimisation step")
-    img_size: int = _key(640, "training images are resized to this square size (pixels)")
+    epochs: int = _key(0, "passes over the training set; 0 = the kind's default (unet, matting, yolo 20; "
+                          "sam2-decoder 15)")
+    lr: float = _key(0.0, "learning rate; 0 = the kind's default (unet, matting 1e-4; sam2-decoder 1e-5; "
+                          "yolo: Ultralytics' own)")
+    batch_size: int = _key(0, "images per optimisation step; 0 = the kind's default (unet, matting, yolo 8; "
+                              "sam2-decoder 4)")
+    img_size: int = _key(0, "training images are resized to this square size (pixels); 0 = the kind's default "
+                            "(unet, matting, yolo 640; sam2-decoder trains at models.image_size)")
     workers: int = _key(4, "data loading processes (0 = load in the training process)")
     val_fraction: float = _key(0.2, "without a test/ folder, this share of the videos (or frames) is held out for validation")
     seed: int = _key(0, "random seed for the split, augmentation and initial weights")
     frame_every: int = _key(10, "matting: train on every Nth frame of each clip (the seed's 10x speed-up)")
     semi_weight: float = _key(10.0, "matting: L1 loss weight where the ground-truth alpha is semi-transparent")
     backgrounds: str = _key("", "matting: folder of background images/videos for composites; empty = DATA/backgrounds")
+    weight_decay: float = _key(0.01, "sam2-decoder: AdamW weight decay")
+    dropout: float = _key(0.1, "sam2-decoder: dropout in the mask decoder's attention while training")
+    patience: int = _key(3, "sam2-decoder: stop when val_loss has not improved for this many epochs (0 = never)")
+    prompt_encoder: bool = _key(False, "sam2-decoder: also train SAM2's prompt encoder (the image encoder stays frozen)")
+    prompts: tuple[str, ...] = _key(["box", "point", "points"],
+                                    "sam2-decoder: prompts sampled from the masks: box (jittered), point (one click), "
+                                    "points (2-4 clicks, some negative)")
 
 
 SECTIONS: dict[str, type] = {
@@ -374,10 +387,17 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"detect.stride, detect.lost_chunks and detect.max_objects must be >= 1 and "
                           f"detect.imgsz >= 32, got {dc.stride}, {dc.lost_chunks}, {dc.max_objects}, {dc.imgsz}")
     t = cfg.train
-    if t.epochs < 1 or t.batch_size < 1 or t.img_size < 32 or t.img_size % 32 or t.workers < 0 or t.lr <= 0:
-        raise ConfigError(f"train.epochs and train.batch_size must be >= 1, train.img_size a multiple of 32 (>= 32), "
-                          f"train.workers >= 0 and train.lr > 0; got {t.epochs}, {t.batch_size}, {t.img_size}, "
-                          f"{t.workers}, {t.lr}")
+    if t.epochs < 0 or t.batch_size < 0 or t.img_size < 0 or (t.img_size and (t.img_size < 32 or t.img_size % 32)) \
+            or t.workers < 0 or t.lr < 0:
+        raise ConfigError(f"train.epochs, train.batch_size and train.lr must be >= 0 (0 = the kind's default), "
+                          f"train.img_size 0 or a multiple of 32 (>= 32) and train.workers >= 0; got {t.epochs}, "
+                          f"{t.batch_size}, {t.lr}, {t.img_size}, {t.workers}")
+    if not 0.0 <= t.dropout < 1.0 or t.weight_decay < 0 or t.patience < 0:
+        raise ConfigError(f"train.dropout must be in [0, 1), train.weight_decay and train.patience >= 0; got "
+                          f"{t.dropout}, {t.weight_decay}, {t.patience}")
+    bad = [p for p in t.prompts if p not in ("box", "point", "points")]
+    if bad or not t.prompts:
+        raise ConfigError(f'train.prompts must list some of "box", "point", "points"; got {list(t.prompts)}')
     if not 0.0 <= t.val_fraction < 1.0 or not 0.0 < cfg.models.unet_threshold < 1.0:
         raise ConfigError(f"train.val_fraction must be in [0, 1) and models.unet_threshold in (0, 1), "
                           f"got {t.val_fraction} and {cfg.models.unet_threshold}")

@@ -100,6 +100,10 @@ def prepare_job(input_dir: Path, config: Config, *, mode: str | None = None, inb
         from core.training.unet_checkpoint import resolve_unet_path
 
         resolve_unet_path(config)  # set, present and a U-Net checkpoint, checked without torch
+    elif not (choice.mode is Mode.MATTING and matting_segmentation(folder, prompts) is None):
+        from core.models.sam2_decoder import resolve_decoder_path
+
+        resolve_decoder_path(config)  # every SAM2 mode: a wrong models.sam2_decoder fails before SAM2 loads
     if choice.mode is Mode.MATTING:
         _check_matting(folder, prompts, config)
     if choice.mode is Mode.REFINE:
@@ -177,13 +181,16 @@ class ModelPool:
         return self._yolo[key]
 
     def sam2(self, cfg: Config):
+        from core.models.sam2_decoder import resolve_decoder_path
         from core.models.sam2_model import Sam2Tracker
         from core.models.weights import resolve_sam2
 
         weights = resolve_sam2(cfg)
         m = cfg.models
+        decoder = resolve_decoder_path(cfg)
+        stamp = (str(decoder.resolve()), decoder.stat().st_size, decoder.stat().st_mtime_ns) if decoder else None
         key = (weights.variant.name, str(weights.checkpoint), weights.sha256, m.image_size, m.device,
-               m.dtype, m.seed, cfg.output.fill_hole_area)
+               m.dtype, m.seed, cfg.output.fill_hole_area, stamp)
         if key not in self._sam2:
             self._sam2.clear()  # one SAM2 at a time: device memory is the scarce thing
             self._sam2[key] = Sam2Tracker(cfg, weights)

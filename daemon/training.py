@@ -16,7 +16,7 @@ from pathlib import Path
 from core.config import Config, parse_sets, with_overrides
 from core.errors import Cancelled, ReelmaskError
 from core.store import Job, JobState, Store
-from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
+from core.training.events import EpochEnd, TrainFinished, TrainPrepare, TrainStarted, TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,14 @@ class TrainingRun:
             self.done += 1
             self._losses.append(event.loss)
             self._flush()
+        elif isinstance(event, TrainPrepare):
+            if event.done == 0 or event.done == event.total:
+                store.log("info", f"{event.what}: {event.total} to do, {event.reused} reused from the cache"
+                          if event.done == 0 else f"{event.what}: {event.total} done", job_id)
+        elif isinstance(event, EpochEnd) and event.epoch == 0:  # the untrained model's scores: no epoch to mark
+            store.add_train_metric(job_id, 0, self.done, None, event.metrics)
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in event.metrics.items() if isinstance(v, float))
+            store.log("info", f"before training: {shown}", job_id)
         elif isinstance(event, EpochEnd):
             self._flush(force=True)
             store.add_train_metric(job_id, event.epoch, self.done, None, event.metrics)
@@ -112,6 +120,15 @@ class TrainingRun:
             store.log("info", f"epoch {event.epoch}/{self.epochs}: {shown}{' (best)' if event.best else ''}", job_id)
             self.epoch = None
         elif isinstance(event, TrainFinished):
+            if event.stopped_early:  # the epochs left will not run: say so, and the bar ends full
+                last = max((c["idx"] for c in store.chunks(job_id) if c["state"] == "done"), default=0)
+                for e in range(last + 1, self.epochs + 1):
+                    store.set_chunk(job_id, EPOCH, e, self.done, self.done, "skipped")
+                store.log("info", f"stopped early after epoch {last}: no better validation loss for "
+                                  f"{self.cfg.train.patience} epochs", job_id)
+                self.total = self.done
+                store.update_job(job_id, frames_total=self.total)
+                self._flush(force=True)
             return event
         return None
 

@@ -205,7 +205,7 @@ def test_commands_step_by_step(tmp_path: Path):
     daemon.handle_commands()
     rows = store.conn.execute("SELECT state, result FROM commands ORDER BY id DESC LIMIT 2").fetchall()
     assert rows[1][0] == "rejected" and "needs a kind and a dataset folder" in rows[1][1]
-    assert rows[0][0] == "rejected" and "not available" in rows[0][1]
+    assert rows[0][0] == "rejected" and "no image+mask pairs" in rows[0][1]
 
 
 def test_submit_status_and_service_unit(tmp_path: Path):

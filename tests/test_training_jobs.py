@@ -119,7 +119,8 @@ def test_cli_train_in_the_foreground_and_queued(tmp_path: Path):
 
 @pytest.mark.parametrize("args, words", [
     (["unet", "--data", "nowhere"], "does not exist"),
-    (["sam2-decoder", "--data", "."], "not available"),
+    (["sam2-decoder", "--data", "."], "no image+mask pairs"),
+    (["sam2-decoder", "--data", ".", "--set", "train.prompts=['lasso']"], "train.prompts"),
     (["matting", "--data", "nowhere"], "does not exist"),
     (["unet", "--data", ".", "--set", "train.img_size=100"], "multiple of 32"),
 ])

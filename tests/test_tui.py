@@ -114,6 +114,26 @@ async def test_the_training_form_queues_a_training_command(tmp_path: Path):
 
 
 @_sync
+async def test_training_form_shows_each_kinds_defaults(tmp_path: Path):
+    cfg = _cfg(tmp_path)
+    app = ReelmaskApp(cfg, refresh_seconds=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _settle(app, pilot)
+        await pilot.press("t")
+        await pilot.pause()
+        form = app.screen
+        values = lambda: [form.query_one(f"#{k}").value for k in ("epochs", "lr", "batch", "size")]  # noqa: E731
+        assert values() == ["20", "0.0001", "8", "640"]
+        form.query_one("#kind").value = "sam2-decoder"
+        await pilot.pause(0.1)
+        assert values() == ["15", "1e-05", "4", str(cfg.models.image_size)]   # seed 003; SAM2's own input size
+        form.query_one("#size").value = "512"
+        form.query_one("#data").value = str(make_seg_dataset(tmp_path / "dataset"))
+        request, problem = form.read()
+        assert request is None and "models.image_size" in problem
+
+
+@_sync
 async def test_gpu_panel_without_a_gpu_shows_ram_and_process_memory(tmp_path: Path):
     cfg = _cfg(tmp_path)
     app = ReelmaskApp(cfg, refresh_seconds=0.2)

@@ -12,7 +12,7 @@ from textual.widgets import Button, Input, Label, Select
 
 from core.config import Config, parse_sets, with_overrides
 from core.errors import ReelmaskError
-from core.training.registry import TRAINERS, check_dataset
+from core.training.registry import TRAINERS, check_dataset, with_kind_defaults
 
 FIELDS = (  # input id, label, config key, type
     ("epochs", "epochs", "train.epochs", int),
@@ -42,9 +42,17 @@ class TrainForm(ModalScreen[TrainRequest | None]):
         super().__init__()
         self.cfg = cfg
 
+    def defaults(self, kind: str) -> dict[str, object]:
+        """What the four fields start at for `kind`: config values, with 0 meaning the kind's own."""
+        try:
+            t = with_kind_defaults(self.cfg, kind).train
+        except ReelmaskError:  # a config this kind refuses: show the raw values, submit explains
+            t = self.cfg.train
+        return {"epochs": t.epochs, "lr": t.lr, "batch": t.batch_size, "size": t.img_size}
+
     def compose(self) -> ComposeResult:
         t = self.cfg.train
-        defaults = {"epochs": t.epochs, "lr": t.lr, "batch": t.batch_size, "size": t.img_size}
+        defaults = self.defaults("unet")
         with Vertical(id="train-form"):
             yield Label("Queue a training job", id="train-title")
             with Grid(id="train-grid"):
@@ -62,6 +70,11 @@ class TrainForm(ModalScreen[TrainRequest | None]):
             with Horizontal(id="train-buttons"):
                 yield Button("Queue", variant="primary", id="submit-training")
                 yield Button("Close", id="close")
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        """Another kind: its own defaults (sam2-decoder trains at a lower rate, at SAM2's input size)."""
+        for key, value in self.defaults(str(event.value)).items():
+            self.query_one(f"#{key}", Input).value = str(value)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "submit-training":
@@ -101,11 +114,11 @@ class TrainForm(ModalScreen[TrainRequest | None]):
                 value = kind_of(raw)
             except ValueError:
                 return None, f"{label} must be a{'n integer' if kind_of is int else ' number'}, got '{raw}'"
-            if value <= 0:
-                return None, f"{label} must be above 0, got {raw}"
+            if value < 0:
+                return None, f"{label} must be 0 (the kind's default) or more, got {raw}"
             sets.append(f"{config_key}={value}")
         try:
-            with_overrides(self.cfg, parse_sets(sets), "the training form")
+            with_kind_defaults(with_overrides(self.cfg, parse_sets(sets), "the training form"), kind)
         except ReelmaskError as e:
             return None, str(e)
         target = str(self.cfg.path(out).resolve()) if out else None

@@ -13,7 +13,8 @@ QUEUE_COLUMNS = ("id", "name", "kind", "mode", "state", "done/total", "%", "fps"
 STATE_STYLE = {"queued": "cyan", "running": "bold yellow", "done": "green", "failed": "bold red",
                "cancelled": "magenta", "interrupted": "yellow"}
 CHUNK_STYLE = {"done": ("█", "green"), "running": ("▶", "bold yellow"), "pending": ("·", "grey50"),
-               "failed": ("✗", "bold red"), "cancelled": ("✗", "magenta")}
+               "failed": ("✗", "bold red"), "cancelled": ("✗", "magenta"),
+               "skipped": ("-", "grey50")}   # epochs an early-stopped training run did not need
 
 
 class QueueTable(DataTable):

@@ -74,10 +74,12 @@ def mask_prompt(mask: np.ndarray, sam_size: int) -> tuple[np.ndarray | None, np.
 
 
 def sam2_identity(tracker) -> dict:
-    """What made the features: SAM2 variant, weights ("random" or sha256), image size, and a
-    fingerprint of the weights (tells random models built with different seeds apart)."""
+    """What made the features: SAM2 variant, weights ("random" or sha256), image size, a fingerprint
+    of the weights (tells random models built with different seeds apart) and the sha256 of a
+    fine-tuned decoder (models.sam2_decoder) or None."""
     return {"variant": tracker.weights.variant.name, "weights": tracker.weights.sha256,
-            "image_size": int(tracker.image_size), "fingerprint": weights_fingerprint(tracker.predictor)}
+            "image_size": int(tracker.image_size), "fingerprint": weights_fingerprint(tracker.predictor),
+            "decoder": (getattr(tracker, "decoder", None) or {}).get("sha256")}
 
 
 def weights_fingerprint(model) -> str:

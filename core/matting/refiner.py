@@ -96,6 +96,8 @@ def _sam2_config(cfg: Config, sam2: dict, device: str) -> Config:
     """A config whose models.* build the SAM2 the refiner was trained with."""
     m = cfg.models
     common = {"image_size": int(sam2["image_size"]), "device": device}
+    if not sam2.get("decoder"):  # trained on SAM2's own decoder: do not load the job's fine-tuned one
+        common["sam2_decoder"] = ""
     if sam2["weights"] == "random":
         models = dataclasses.replace(m, sam2=sam2["variant"], sam2_weights="random", sam2_arch="auto",
                                      seed=int(sam2.get("seed", 0)), **common)
@@ -145,6 +147,10 @@ def _check_tracker(path: Path, tracker, sam2: dict) -> None:
         wrong.append(f"models.sam2_weights = {weights(sam2)} (this job: {weights(have)})")
     if have["image_size"] != sam2["image_size"]:
         wrong.append(f"models.image_size = {sam2['image_size']} (this job: {have['image_size']})")
+    if have.get("decoder") != sam2.get("decoder"):
+        wrong.append("models.sam2_decoder = " + (f"the decoder with sha256 {sam2['decoder'][:12]}..." if sam2.get("decoder")
+                                                 else '"" (SAM2\'s own decoder)') + " (this job: "
+                     + (f"sha256 {have['decoder'][:12]}...)" if have.get("decoder") else "SAM2's own)"))
     if not wrong and have["fingerprint"] != sam2["fingerprint"]:
         wrong.append(f"models.seed = {sam2.get('seed')} (random weights of another seed)" if sam2["weights"] == "random"
                      else "models.sam2_weights = the checkpoint it was trained with (this job's weights differ)")

@@ -21,6 +21,7 @@ import numpy as np
 
 from core.config import Config
 from core.errors import ModelError
+from core.models.sam2_decoder import apply_decoder, base_identity, resolve_decoder_path
 from core.models.weights import Sam2Weights
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ class Sam2Tracker:
         use_bf16 = cfg.models.dtype == "bfloat16" or (cfg.models.dtype == "auto" and self.device.type == "cuda")
         self.dtype = "bfloat16" if use_bf16 and self.device.type == "cuda" else "float32"
         self.sam2_fills_holes = has_sam2_extension() and cfg.output.fill_hole_area > 0
+        self.decoder: dict | None = None   # the fine-tuned decoder loaded over SAM2's own (models.sam2_decoder)
+        self.warnings: list[str] = []      # for the manifest of every job this tracker runs
         self.seconds = 0.0  # time spent inside sam2 calls (summed over threads)
         self._seconds_lock = threading.Lock()  # detect's independent chunks call in from several threads
         started = time.perf_counter()
@@ -144,6 +147,10 @@ class Sam2Tracker:
                     f"{len(missing)} missing and {len(unexpected)} unexpected weights "
                     f"(first: {(missing or unexpected)[0]}); {fix}"
                 )
+        decoder = resolve_decoder_path(cfg)
+        if decoder is not None:
+            identity = base_identity(self.weights, self.image_size, cfg.models.seed)
+            self.decoder, self.warnings = apply_decoder(model, decoder, identity)
         if self.dtype == "float32":
             model.memory_attention.register_forward_pre_hook(_memory_to_query_dtype, with_kwargs=True)
         # a prompt on a frame SAM2 already tracked (a detector box correcting an object) becomes a

@@ -52,8 +52,12 @@ def model_record(model, cfg: Config) -> tuple[dict, dict, dict]:
                 {"unet_seconds": round(model.seconds, 3)})
     w = model.weights
     info = {"name": w.variant.name, "config": w.variant.config, "checkpoint": str(w.checkpoint) if w.checkpoint else None,
-            "image_size": model.image_size, "device": str(model.device), "dtype": model.dtype}
-    return {"sam2": info}, {"sam2": w.sha256}, {"sam2_seconds": round(model.seconds, 3)}
+            "image_size": model.image_size, "device": str(model.device), "dtype": model.dtype,
+            "decoder": model.decoder}   # None, or the fine-tuned decoder loaded over SAM2's own
+    weights = {"sam2": w.sha256}
+    if model.decoder:
+        weights["sam2_decoder"] = model.decoder["sha256"]
+    return {"sam2": info}, weights, {"sam2_seconds": round(model.seconds, 3)}
 
 
 def build_manifest(job: "PreparedJob", out: Path, chunks: list[Chunk], chunk_log: dict, model, warnings: list[str],
@@ -95,7 +99,7 @@ def build_manifest(job: "PreparedJob", out: Path, chunks: list[Chunk], chunk_log
             "frames_per_second": round(len(folder) / total, 3) if total > 0 else None,
         },
         "versions": versions(),
-        "warnings": warnings,
+        "warnings": [*warnings, *getattr(model, "warnings", ())],
         "resumed_from_frame": None,
         "started_at": started_at,
         "finished_at": utc_now(),

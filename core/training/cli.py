@@ -20,11 +20,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 @command(_train_args)
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a model: unet (direct segmenter), matting (alpha refiner) or yolo (detector for models.yolo).
+    """Train a model: unet (direct segmenter), matting (alpha refiner), sam2-decoder (SAM2's mask decoder,
+    fine-tuned for models.sam2_decoder) or yolo (detector for models.yolo).
 
     Runs in the foreground with a progress bar (Ctrl-C stops; --resume continues from last.pt),
     or with --queue as a daemon job whose epochs, loss and metrics show in `reelmask tui`.
-    Hyper-parameters are train.* keys: --set train.epochs=3 --set train.img_size=128.
+    Hyper-parameters are train.* keys: --set train.epochs=3 --set train.img_size=128; left at 0,
+    epochs, lr, batch_size and img_size take the kind's own defaults.
 
     example: reelmask train unet --data dataset --out models/unet --set train.epochs=5
     """
@@ -44,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _foreground(kind: str, data: Path, out: Path, cfg, summary: str, resume: bool) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
+    from core.training.events import EpochEnd, TrainFinished, TrainPrepare, TrainStarted, TrainStep
     from core.training.registry import trainer
 
     console = _stderr_console()
@@ -56,17 +58,25 @@ def _foreground(kind: str, data: Path, out: Path, cfg, summary: str, resume: boo
         task = bar.add_task(f"train {kind}", total=None, loss="-")
         for event in trainer(kind)(data, out, cfg, resume=resume):
             if isinstance(event, TrainStarted):
-                bar.update(task, total=event.steps_per_epoch * (event.epochs - event.start_epoch + 1))
+                bar.update(task, total=event.steps_per_epoch * (event.epochs - event.start_epoch + 1), completed=0,
+                           description=f"train {kind}")
                 console.print(f"[dim]{event.train_items} training / {event.val_items} validation samples, "
                               f"{event.epochs} epochs from {event.start_epoch}, on {event.device}")
+            elif isinstance(event, TrainPrepare):
+                bar.update(task, total=event.total, completed=event.done, description=f"{kind} · {event.what}")
+                if event.done == 0:
+                    console.print(f"[dim]{event.what}: {event.total} to do, {event.reused} reused from the cache")
             elif isinstance(event, TrainStep):
                 bar.update(task, advance=1, loss=f"{event.loss:.4f}", description=f"train {kind} · epoch {event.epoch}")
             elif isinstance(event, EpochEnd):
                 shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                  for k, v in event.metrics.items() if k != "epoch")
-                console.print(f"epoch {event.epoch}: {shown}{'  [green]best' if event.best else ''}")
+                                  for k, v in event.metrics.items() if k != "epoch" and v is not None)
+                when = "before training" if event.epoch == 0 else f"epoch {event.epoch}"
+                console.print(f"{when}: {shown}{'  [green]best' if event.best else ''}")
             elif isinstance(event, TrainFinished):
                 finished = event
+                if event.stopped_early:
+                    console.print(f"stopped early: no better validation loss for {cfg.train.patience} epochs")
     if finished is None:
         return 1
     print(f"best {finished.best} (epoch {finished.metrics.get('epoch', '?')}), last {finished.last}, "

@@ -18,6 +18,15 @@ class TrainStarted:
 
 
 @dataclass(frozen=True)
+class TrainPrepare:
+    """Work before the first step (encoding frames for a cache): `done` of `total`, `reused` already there."""
+    what: str
+    done: int
+    total: int
+    reused: int = 0
+
+
+@dataclass(frozen=True)
 class TrainStep:
     epoch: int
     step: int                   # optimisation steps done in this run so far (across epochs)

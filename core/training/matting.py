@@ -26,6 +26,7 @@ from core.config import Config, TrainConfig
 from core.errors import TrainingError
 from core.matting import features as feature_spec
 from core.matting.refiner import FORMAT, KIND, load_checkpoint, read_refiner_header
+from core.training.registry import with_kind_defaults
 from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
 from core.training.matting_cache import CachedSamples, FeatureCache
 from core.training.matting_data import (BACKGROUNDS, backgrounds_folder, find_backgrounds, find_dataset,
@@ -62,6 +63,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
           resume: bool = False) -> Iterator[object]:
     """Train a matting refiner on `data` into `out`; yields training events. Raises Cancelled when
     should_stop(), TrainingError for data that cannot work."""
+    cfg = with_kind_defaults(cfg, "matting")
     t = cfg.train
     data, out = Path(data), Path(out)
     if out.resolve().is_relative_to(data.resolve()):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -16,15 +17,18 @@ class TrainerSpec:
     kind: str
     module: str                 # has check(data) -> str (a summary) and train(data, out, cfg, ...) -> events
     summary: str
-    issue: str | None = None    # not built yet: the message says so
+    # what train.epochs / lr / batch_size / img_size = 0 mean for this kind (its seed's values);
+    # img_size 0 here means models.image_size, lr 0 the library's own default
+    defaults: dict = field(default_factory=lambda: {"epochs": 20, "lr": 1e-4, "batch_size": 8, "img_size": 640})
 
 
 TRAINERS: dict[str, TrainerSpec] = {
     "unet": TrainerSpec("unet", "core.training.unet", "direct U-Net binary segmenter (seed 000)"),
     "matting": TrainerSpec("matting", "core.training.matting", "alpha refiner for matting mode (seed 001)"),
     "sam2-decoder": TrainerSpec("sam2-decoder", "core.training.sam2_decoder", "SAM2 mask decoder fine-tuning (seed 003)",
-                                issue="the SAM2 decoder trainer"),
-    "yolo": TrainerSpec("yolo", "core.training.yolo", "Ultralytics detector from masks or a YOLO dataset"),
+                                {"epochs": 15, "lr": 1e-5, "batch_size": 4, "img_size": 0}),
+    "yolo": TrainerSpec("yolo", "core.training.yolo", "Ultralytics detector from masks or a YOLO dataset",
+                        {"epochs": 20, "lr": 0.0, "batch_size": 8, "img_size": 640}),
 }
 
 
@@ -32,11 +36,22 @@ def spec(kind: str) -> TrainerSpec:
     found = TRAINERS.get(kind)
     if found is None:
         raise TrainingError(f"unknown training kind '{kind}'; choose one of {', '.join(TRAINERS)}")
-    if found.issue is not None:
-        ready = ", ".join(k for k, s in TRAINERS.items() if s.issue is None)
-        raise TrainingError(f"{found.issue} ('{kind}') is not available in this version of reelmask "
-                            f"(available: {ready})")
     return found
+
+
+def with_kind_defaults(cfg: Config, kind: str) -> Config:
+    """`cfg` with train.epochs / lr / batch_size / img_size left at 0 replaced by `kind`'s defaults.
+    sam2-decoder trains at SAM2's own input size: its img_size is models.image_size, and another
+    value is refused rather than silently ignored."""
+    t, defaults = cfg.train, spec(kind).defaults
+    chosen = {key: getattr(t, key) or defaults[key] for key in ("epochs", "lr", "batch_size", "img_size")}
+    if kind == "sam2-decoder":
+        if chosen["img_size"] not in (0, cfg.models.image_size):
+            raise TrainingError(f"sam2-decoder trains at SAM2's input size, models.image_size = "
+                                f"{cfg.models.image_size}; set --set models.image_size={chosen['img_size']} "
+                                "instead of train.img_size (or leave train.img_size at 0)")
+        chosen["img_size"] = cfg.models.image_size
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, **chosen))
 
 
 def check_dataset(kind: str, data: Path) -> str:
@@ -65,8 +80,11 @@ def default_out(cfg: Config, kind: str, data: Path) -> Path:
 def queue_training(store, cfg: Config, kind: str, data: Path | str, out: Path | str | None = None,
                    sets: list[str] | tuple[str, ...] = ()) -> str:
     """Check the request and add a training job (kind "train", mode = KIND) for the daemon."""
+    from core.config import parse_sets, with_overrides
+
     data = Path(data).expanduser().resolve()
     summary = check_dataset(kind, data)
+    with_kind_defaults(with_overrides(cfg, parse_sets(list(sets)), "reelmask train --set") if sets else cfg, kind)
     target = Path(out).expanduser().resolve() if out else default_out(cfg, kind, data)
     if (target / "last.pt").exists() or (target / "best.pt").exists():
         raise TrainingError(f"{target} already holds a training run; choose another --out")

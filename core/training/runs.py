@@ -47,7 +47,7 @@ def resume_state(previous: dict, model, optimizer, lr: float, out: Path, read_he
     optimizer.load_state_dict(previous["optimizer"])
     for group in optimizer.param_groups:
         group["lr"] = lr
-    history = [dict(m) for m in previous["history"]][: previous["epoch"]]
+    history = [dict(m) for m in previous["history"] if m.get("epoch", 0) <= previous["epoch"]]
     write_lines(out / METRICS, history)
     best = previous.get("best")
     if (best or {}).get("epoch") == previous["epoch"]:

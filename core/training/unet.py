@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 from core import __version__
 from core.config import Config
 from core.errors import TrainingError
+from core.training.registry import with_kind_defaults
 from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
 from core.training.unet_checkpoint import FORMAT, KIND, load_checkpoint, read_header, save_checkpoint
 from core.training.runs import BEST, LAST, METRICS, batches, previous_run, resume_state, write_lines
@@ -35,6 +36,7 @@ def check(data: Path) -> str:
 def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool] = lambda: False,
           resume: bool = False) -> Iterator[object]:
     """Train a U-Net on `data` into `out`; yields training events. Raises Cancelled when should_stop()."""
+    cfg = with_kind_defaults(cfg, "unet")
     t = cfg.train
     data, out = Path(data), Path(out)
     parts = split(find_dataset(data), t.val_fraction, t.seed)

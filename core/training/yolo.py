@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from core.config import Config, TrainConfig
+from core.config import Config
 from core.errors import Cancelled, TrainingError
+from core.training.registry import with_kind_defaults
 from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
 from core.training.runs import BEST, LAST, METRICS, read_lines, refuse_existing, write_lines
 from core.training.yolo_data import YoloYaml, build_from_masks, find_source, write_yaml
@@ -41,8 +42,8 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
 
     Keys: train.epochs, train.img_size (imgsz; config checks it is a multiple of 32), train.batch_size, train.workers,
     train.seed, train.val_fraction (mask datasets without test/), detect.train_patience, models.device;
-    train.lr only when set to something else than its default (then AdamW at that rate, else
-    Ultralytics' own optimizer choice)."""
+    train.lr only when set (then AdamW at that rate; 0, the default, keeps Ultralytics' own optimizer choice)."""
+    cfg = with_kind_defaults(cfg, "yolo")
     t = cfg.train
     data, out = Path(data), Path(out)
     source = find_source(data)
@@ -60,7 +61,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     device = pick_device(cfg.models.device)
     settings = TrainSettings(t.epochs, cfg.detect.train_patience, t.img_size, t.batch_size,
                              "cpu" if device.type == "cpu" else str(device.index or 0), t.workers, t.seed,
-                             t.lr if t.lr != TrainConfig().lr else None)
+                             t.lr or None)
     if continuing and _finished(run_last):
         yield from _already_finished(out)
         return
