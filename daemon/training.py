@@ -16,7 +16,7 @@ from pathlib import Path
 from core.config import Config, parse_sets, with_overrides
 from core.errors import Cancelled, ReelmaskError
 from core.store import Job, JobState, Store
-from core.training.events import EpochEnd, TrainFinished, TrainPrepare, TrainStarted, TrainStep
+from core.training.events import EpochEnd, TrainFinished, TrainPrepare, TrainStarted, TrainStep, format_metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class TrainingRun:
                 finished = self.on_event(event) or finished
             store.finish_job(job.id, JobState.DONE)
             if finished is not None:
-                shown = ", ".join(f"{k} {v:.4f}" for k, v in finished.metrics.items() if isinstance(v, float))
+                shown = format_metrics(finished.metrics)
                 store.log("info", f"training done: best {finished.best} ({shown})", job.id)
         except Cancelled:
             self._mark_epoch("pending" if self.stop.is_set() else "cancelled")
@@ -110,13 +110,13 @@ class TrainingRun:
                           if event.done == 0 else f"{event.what}: {event.total} done", job_id)
         elif isinstance(event, EpochEnd) and event.epoch == 0:  # the untrained model's scores: no epoch to mark
             store.add_train_metric(job_id, 0, self.done, None, event.metrics)
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in event.metrics.items() if isinstance(v, float))
+            shown = format_metrics(event.metrics)
             store.log("info", f"before training: {shown}", job_id)
         elif isinstance(event, EpochEnd):
             self._flush(force=True)
             store.add_train_metric(job_id, event.epoch, self.done, None, event.metrics)
             store.set_chunk(job_id, EPOCH, event.epoch, self.done, self.done, "done", round(event.seconds, 3))
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in event.metrics.items() if isinstance(v, float))
+            shown = format_metrics(event.metrics)
             store.log("info", f"epoch {event.epoch}/{self.epochs}: {shown}{' (best)' if event.best else ''}", job_id)
             self.epoch = None
         elif isinstance(event, TrainFinished):

@@ -46,7 +46,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _foreground(kind: str, data: Path, out: Path, cfg, summary: str, resume: bool) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from core.training.events import EpochEnd, TrainFinished, TrainPrepare, TrainStarted, TrainStep
+    from core.training.events import (EpochEnd, TrainFinished, TrainPrepare, TrainStarted, TrainStep,
+                                       format_metrics)
     from core.training.registry import trainer
 
     console = _stderr_console()
@@ -69,8 +70,7 @@ def _foreground(kind: str, data: Path, out: Path, cfg, summary: str, resume: boo
             elif isinstance(event, TrainStep):
                 bar.update(task, advance=1, loss=f"{event.loss:.4f}", description=f"train {kind} · epoch {event.epoch}")
             elif isinstance(event, EpochEnd):
-                shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                  for k, v in event.metrics.items() if k != "epoch" and v is not None)
+                shown = format_metrics(event.metrics)
                 when = "before training" if event.epoch == 0 else f"epoch {event.epoch}"
                 console.print(f"{when}: {shown}{'  [green]best' if event.best else ''}")
             elif isinstance(event, TrainFinished):

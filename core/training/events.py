@@ -50,3 +50,13 @@ class TrainFinished:
     metrics: dict = field(default_factory=dict)   # of the best epoch
     seconds: float = 0.0
     stopped_early: bool = False
+
+
+def format_metrics(metrics: dict) -> str:
+    """A metrics.jsonl line for people: "train_loss 0.4123, lr 1.0e-05, ..." (no epoch, no empty values)."""
+    def value(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.1e}" if 0 < abs(v) < 1e-3 else f"{v:.4f}"
+        return str(v)
+
+    return ", ".join(f"{k} {value(v)}" for k, v in metrics.items() if k != "epoch" and v is not None)
