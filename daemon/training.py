@@ -104,7 +104,8 @@ class TrainingRun:
             self.done += 1
             self._losses.append(event.loss)
             self._flush()
-        elif isinstance(event, TrainPrepare):
+        elif isinstance(event, TrainPrepare):  # until TrainStarted the progress counts this work
+            store.set_progress(job_id, event.done, event.total or None, None, None)
             if event.done == 0 or event.done == event.total:
                 store.log("info", f"{event.what}: {event.total} to do, {event.reused} reused from the cache"
                           if event.done == 0 else f"{event.what}: {event.total} done", job_id)

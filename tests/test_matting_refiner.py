@@ -20,7 +20,7 @@ from core.config import load_config
 from core.errors import Cancelled, ModelError, TrainingError
 from core.matting.features import CHANNELS, Sam2Features, frame_inputs, mask_prompt
 from core.matting.refiner import check_checkpoint, load_refiner, read_refiner_header, temporal_smooth
-from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
+from core.training.events import EpochEnd, TrainFinished, TrainPrepare, TrainStarted, TrainStep
 from core.training.matting import check, train
 from tests.conftest import FAST, data_path
 
@@ -146,10 +146,16 @@ def test_refiner_forward_on_real_features(tracker):
 
 # ------------------------------------------------------------------ training
 
+def _started(events: list) -> TrainStarted:
+    return next(e for e in events if isinstance(e, TrainStarted))
+
+
 def test_training_lowers_the_loss_and_writes_the_run(trained):
     data, out, events = trained
-    started = events[0]
-    assert isinstance(started, TrainStarted) and started.device == "cpu" and started.start_epoch == 1
+    prepare = [e for e in events if isinstance(e, TrainPrepare)]
+    assert prepare[0] == TrainPrepare("caching SAM2 outputs", 0, 10, 0) and prepare[-1].done == 10  # progress first
+    [started] = [e for e in events if isinstance(e, TrainStarted)]
+    assert started.device == "cpu" and started.start_epoch == 1
     assert (started.train_items, started.val_items, started.steps_per_epoch) == (5, 5, 3)
     steps = [e for e in events if isinstance(e, TrainStep)]
     ends = [e for e in events if isinstance(e, EpochEnd)]
@@ -178,7 +184,7 @@ def test_resume_reuses_the_sam2_cache(trained, tmp_path: Path):
     with pytest.raises(TrainingError, match="already holds a training run .*choose another --out"):
         list(train(data, out, _cfg("train.epochs=4")))
     events = list(train(data, out, _cfg("train.epochs=4"), resume=True))
-    assert events[0].start_epoch == 4 and [e.epoch for e in events if isinstance(e, EpochEnd)] == [4]
+    assert _started(events).start_epoch == 4 and [e.epoch for e in events if isinstance(e, EpochEnd)] == [4]
     index = json.loads((out / "cache" / "index.json").read_text())
     assert (index["computed"], index["reused"]) == (0, 10)           # SAM2 did not run again
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cache").glob("*.npz")} == stamps
@@ -218,7 +224,7 @@ def test_real_clip_loss_falls(tmp_path: Path):
     out = tmp_path / "run"
     events = list(train(data, out, _cfg("train.epochs=3", "train.frame_every=4", "train.val_fraction=0")))
     lines = _metrics(out)
-    assert events[0].train_items == 6 and lines[0]["val_sad"] is None
+    assert _started(events).train_items == 6 and lines[0]["val_sad"] is None
     assert lines[-1]["train_loss"] < lines[0]["train_loss"], lines
 
 

@@ -111,10 +111,10 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     n_val = sum(len(c) for c in val_clips)
     steps = math.ceil(len(train_samples) / t.batch_size)
     total = steps * max(0, t.epochs - start + 1)
-    yield TrainStarted("matting", t.epochs, steps, len(train_samples), n_val, str(device), start)
-
     cache = FeatureCache(out / CACHE, t.img_size, sam2_key)
-    cache.fill([*train_samples, *(s for c in val_clips for s in c)], lambda: Sam2Tracker(cfg, weights), should_stop)
+    yield from cache.fill([*train_samples, *(s for c in val_clips for s in c)], lambda: Sam2Tracker(cfg, weights),
+                          should_stop)
+    yield TrainStarted("matting", t.epochs, steps, len(train_samples), n_val, str(device), start)
     identity = cache.identity()
     if cuda:
         torch.cuda.empty_cache()  # SAM2 is done with: its memory goes back before training

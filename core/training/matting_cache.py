@@ -16,17 +16,19 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Generator, Sequence
 
 import cv2
 import numpy as np
 
 from core.errors import Cancelled
 from core.matting import features as feature_spec
+from core.training.events import TrainPrepare
 from core.training.matting_data import Sample, coarse_mask, composite
 
 CACHE_VERSION = 1
 SAM2_FILE, INDEX_FILE = "sam2.json", "index.json"
+WHAT = "caching SAM2 outputs"
 
 
 @dataclass(frozen=True)
@@ -57,22 +59,28 @@ class FeatureCache:
         return data if {k: data.get(k) for k in self.sam2_key} == self.sam2_key else None
 
     def fill(self, samples: Sequence[Sample], make_tracker: Callable[[], object],
-             should_stop: Callable[[], bool] = lambda: False) -> FillStats:
-        """Compute what is missing (building SAM2 only then); Cancelled when should_stop()."""
+             should_stop: Callable[[], bool] = lambda: False) -> Generator[TrainPrepare, None, FillStats]:
+        """Compute what is missing (building SAM2 only then), yielding TrainPrepare progress about once a
+        second; returns the counts. Cancelled when should_stop()."""
         self.root.mkdir(parents=True, exist_ok=True)
         missing = [s for s in samples if not self.path(s).is_file()]
         began, extractor = time.perf_counter(), None
+        yield TrainPrepare(WHAT, 0, len(missing), len(samples) - len(missing))
+        shown = began
         if missing or self.identity() is None:
             from core.matting.features import Sam2Features, sam2_identity
 
             tracker = make_tracker()
             extractor = Sam2Features(tracker)
             _write_json(self.root / SAM2_FILE, {**sam2_identity(tracker), **self.sam2_key})
-        for sample in missing:
+        for done, sample in enumerate(missing, 1):
             if should_stop():
                 raise Cancelled("training cancelled while caching SAM2 outputs; the cache keeps what is done "
                                 "(--resume continues)")
             self._compute(sample, extractor)
+            if time.perf_counter() - shown >= 1.0 or done == len(missing):
+                shown = time.perf_counter()
+                yield TrainPrepare(WHAT, done, len(missing), len(samples) - len(missing))
         stats = FillStats(len(samples), len(missing), len(samples) - len(missing),
                           round(time.perf_counter() - began, 3) if missing else 0.0,
                           round(extractor.seconds, 3) if extractor else 0.0)
