@@ -1,16 +1,17 @@
 """Training an Ultralytics detector from masks: the YOLO dataset and the training run.
 
-Used by detect mode's self-training (SAM2 masks of the first frames become the dataset) and, later,
-by `reelmask train yolo`. The dataset always lives in a work folder of ours, never in the input.
+Used by detect mode's self-training (SAM2 masks of the first frames become the dataset) and by
+`reelmask train yolo`. The dataset always lives in a work folder of ours, never in the input.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -91,12 +92,8 @@ def train_detector(base: Path, data_yaml: Path, out_dir: Path, s: TrainSettings,
         model.add_callback(event, fn)
     options = {"optimizer": "AdamW", "lr0": s.lr0} if s.lr0 is not None else {}
     try:
-        if resume:
-            model.train(resume=True, device=s.device, workers=s.workers, patience=s.patience)
-        else:
-            model.train(data=str(data_yaml), epochs=s.epochs, patience=s.patience, imgsz=s.imgsz, batch=s.batch,
-                        device=s.device, workers=s.workers, project=str(out_dir), name=name, exist_ok=True,
-                        plots=False, verbose=False, amp=s.device != "cpu", seed=s.seed, **options)
+        with _quiet_ultralytics():
+            _fit(model, data_yaml, out_dir, s, name, resume, options)
     except ReelmaskError:
         raise
     except Exception as e:
@@ -106,3 +103,25 @@ def train_detector(base: Path, data_yaml: Path, out_dir: Path, s: TrainSettings,
         if (weights / name).is_file():
             return weights / name
     raise ModelError(f"YOLO training wrote no weights into {weights}")
+
+
+@contextlib.contextmanager
+def _quiet_ultralytics() -> Iterator[None]:
+    """Ultralytics logs every epoch and draws its own progress bars (its bars follow its logger's level);
+    reelmask reports progress itself, so only Ultralytics' warnings and errors get through meanwhile."""
+    logger = logging.getLogger("ultralytics")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _fit(model, data_yaml: Path, out_dir: Path, s: TrainSettings, name: str, resume: bool, options: dict) -> None:
+    if resume:
+        model.train(resume=True, device=s.device, workers=s.workers, patience=s.patience)
+    else:
+        model.train(data=str(data_yaml), epochs=s.epochs, patience=s.patience, imgsz=s.imgsz, batch=s.batch,
+                    device=s.device, workers=s.workers, project=str(out_dir), name=name, exist_ok=True,
+                    plots=False, verbose=False, amp=s.device != "cpu", seed=s.seed, **options)
