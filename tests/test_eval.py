@@ -228,6 +228,35 @@ def test_multi_object_palette_masks_are_scored_per_object(tmp_path: Path):
     assert doc["mIoU"] == pytest.approx((3 * 15 / 25 + 2) / 6)
 
 
+def test_palette_void_is_left_out_and_first_last_can_be_skipped(tmp_path: Path, capsys):
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "out" / "masks").mkdir(parents=True)
+    for i in range(4):
+        gt = np.zeros((100, 100), np.uint8)
+        gt[square()] = 1
+        gt[square(top=40, left=60, side=10)] = 255      # DAVIS void beside the object: not annotated
+        pred = np.zeros_like(gt)
+        pred[square(side=30)] = 1                       # covers the void region too, and more
+        if i in (0, 3):
+            pred[:] = 0                                 # the first and last frames are missed
+        write_palette_png(tmp_path / "gt" / f"{i:05d}.png", gt)
+        write_palette_png(tmp_path / "out" / "masks" / f"{i:05d}.png", pred)
+    void = np.zeros((100, 100), bool)
+    void[square(top=40, left=60, side=10)] = True
+    pred = square(side=30) & ~void
+    expected_j = ref_iou(square(), pred)
+    doc = evaluate(tmp_path / "out", tmp_path / "gt")
+    objs = doc["sequences"]["gt"]["objects"]
+    assert sorted(objs) == ["1"]                                          # 255 is not an object
+    assert objs["1"]["J"]["mean"] == pytest.approx(expected_j / 2)        # frames 0 and 3 score 0
+    assert objs["1"]["F"]["mean"] == pytest.approx(ref_f(square(), pred) / 2)
+    davis = evaluate(tmp_path / "out", tmp_path / "gt", skip_first_last=True)
+    assert davis["J"]["mean"] == pytest.approx(expected_j) and davis["sequences"]["gt"]["frames"] == 2
+    assert davis["sequences"]["gt"]["skipped"] == ["00000", "00003"]
+    assert main(["eval", str(tmp_path / "out"), str(tmp_path / "gt"), "--json", "--skip-first-last"]) == 0
+    assert json.loads(capsys.readouterr().out)["J"]["mean"] == pytest.approx(expected_j)
+
+
 def test_folder_of_sequences_missing_and_extra_frames(tmp_path: Path):
     for seq, shift in (("a", 0), ("b", 4)):
         for i in range(4):

@@ -15,6 +15,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help='machine-readable: {"sequences": {...}, "J&F", "J", "F", '
                                                        '"mIoU", "mattes"}; the table\'s "rec" and "dec" are '
                                                        'recall and decay')
+    p.add_argument("--skip-first-last", action="store_true",
+                   help="leave each sequence's first and last mask frames out, as the DAVIS semi-supervised "
+                        "benchmark does (its first frame is the mask SAM2 was given)")
 
 
 def _fmt(x, spec: str = ".3f") -> str:
@@ -29,7 +32,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     (IoU, an empty prediction of an empty object counts 1), boundary accuracy F (tolerance 0.008
     of the image diagonal), each as mean, recall and decay per object, per sequence and overall,
     as the DAVIS 2017 benchmark defines them; J&F is their mean, mIoU the mean J over objects and
-    frames. Alpha mattes (alpha/ or pha/ in GT): SAD, MSE, gradient and connectivity errors per
+    frames. Palette index 255 in GT masks is DAVIS's "void" (not annotated) and is left out of
+    both masks; in a 0/255 grayscale mask 255 is the object. Every GT frame is scored unless
+    --skip-first-last (the DAVIS semi-supervised protocol). Alpha mattes (alpha/ or pha/ in GT): SAD, MSE, gradient and connectivity errors per
     frame, dtSSD per sequence. Frames pair by file name; a GT frame without a prediction counts
     as an empty one and is listed as missing; predictions without GT are listed and ignored. A
     folder of sequence folders gives one row per sequence and the overall means.
@@ -38,7 +43,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """
     from core.evaluate.report import evaluate_sequences, summarise
 
-    results = list(evaluate_sequences(args.pred, args.gt))
+    results = list(evaluate_sequences(args.pred, args.gt, skip_first_last=args.skip_first_last))
     doc = summarise(results)
     if args.json:
         print(json.dumps(doc, indent=2))

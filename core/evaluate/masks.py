@@ -129,12 +129,16 @@ class ObjectScores:
 
 
 def score_frame(pred_ids: np.ndarray, gt_ids: np.ndarray, objects: list[int],
-                bound_th: float = BOUND_TH) -> dict[int, tuple[float, float]]:
-    """(J, F) of each object id on one frame of id maps (pixel value = object id)."""
+                bound_th: float = BOUND_TH, void: np.ndarray | None = None) -> dict[int, tuple[float, float]]:
+    """(J, F) of each object id on one frame of id maps (pixel value = object id). `void` pixels (DAVIS
+    palette index 255: not annotated) are left out of both masks, as the DAVIS evaluation does."""
     if pred_ids.shape != gt_ids.shape:
         raise ValueError(f"prediction shape {pred_ids.shape} differs from ground truth shape {gt_ids.shape}")
+    keep = None if void is None or not void.any() else ~void
     out = {}
     for obj in objects:
         p, g = pred_ids == obj, gt_ids == obj
+        if keep is not None:
+            p, g = p & keep, g & keep
         out[obj] = (region_similarity(p, g), boundary_measure(p, g, bound_th))
     return out

@@ -21,6 +21,7 @@ from core.evaluate.mattes import MatteScores, combine
 from core.frames import natural_key
 from core.outputs.masks import davis_palette
 
+VOID = 255           # DAVIS palette index of pixels that are not annotated
 MASK_DIRS = ("masks",)
 ALPHA_DIRS = ("alpha", "pha")
 _LAYER_DIRS = MASK_DIRS + ALPHA_DIRS
@@ -43,6 +44,7 @@ class SequenceResult:
 
     name: str
     frames: int = 0
+    skipped: list[str] = field(default_factory=list)  # GT frames left out (first and last, when asked)
     missing: list[str] = field(default_factory=list)  # GT frames with no prediction (scored as empty)
     extra: list[str] = field(default_factory=list)  # predicted frames with no GT (ignored)
     objects: dict[int, ObjectScores] | None = None
@@ -56,6 +58,18 @@ def _pngs(folder: Path | None) -> dict[str, Path]:
         return {}
     return {p.stem: p for p in folder.iterdir()
             if p.suffix.lower() == ".png" and not p.name.startswith(".") and p.is_file()}
+
+
+def read_gt(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """A ground-truth mask: its id map and its void pixels (palette index 255, DAVIS's "not
+    annotated"; None for other masks, where 255 is the object of a 0/255 mask)."""
+    ids = read_ids(path)
+    with Image.open(path) as im:
+        palette = im.mode == "P"
+    if not palette or not (ids == VOID).any():
+        return ids, None
+    void = ids == VOID
+    return np.where(void, 0, ids).astype(np.uint8), void
 
 
 def read_ids(path: Path) -> np.ndarray:
@@ -160,13 +174,16 @@ def _check_shape(pred: np.ndarray, gt: np.ndarray, pred_path: Path, gt_path: Pat
             f"{gt.shape[1]}x{gt.shape[0]}; predict at the ground truth's resolution (or resize the masks)")
 
 
-def _score_masks(pair: SequencePair, result: SequenceResult, bound_th: float) -> None:
+def _score_masks(pair: SequencePair, result: SequenceResult, bound_th: float, skip_first_last: bool) -> None:
     gt_frames, pred_frames = _pngs(pair.gt_masks), _pngs(pair.pred_masks)
     stems = sorted(gt_frames, key=natural_key)
+    if skip_first_last and len(stems) > 2:  # DAVIS semi-supervised: frame 0 is the given mask
+        result.skipped = [stems[0], stems[-1]]
+        stems = stems[1:-1]
     per_frame: list[dict[int, tuple[float, float]]] = []
     objects: set[int] = set()
     for stem in stems:
-        gt = read_ids(gt_frames[stem])
+        gt, void = read_gt(gt_frames[stem])
         present = set(np.unique(gt).tolist()) - {0}
         objects |= present
         if stem in pred_frames:
@@ -176,7 +193,8 @@ def _score_masks(pair: SequencePair, result: SequenceResult, bound_th: float) ->
             pred = np.zeros_like(gt)
             result.missing.append(stem)
         # ids in neither map score J = F = 1 on this frame; they are filled in below
-        per_frame.append(score_frame(pred, gt, sorted(present | (set(np.unique(pred).tolist()) - {0})), bound_th))
+        predicted = set(np.unique(pred if void is None else pred[~void]).tolist()) - {0}
+        per_frame.append(score_frame(pred, gt, sorted(present | predicted), bound_th, void))
     result.frames = len(stems)
     result.extra = sorted(set(pred_frames) - set(gt_frames), key=natural_key)
     result.objects = {}
@@ -204,12 +222,15 @@ def _score_mattes(pair: SequencePair, result: SequenceResult) -> None:
     result.mattes = scores
 
 
-def evaluate_sequences(pred: Path, gt: Path, bound_th: float = BOUND_TH) -> Iterator[SequenceResult]:
-    """Score every sequence of GT against PRED, yielding one result per sequence in order."""
+def evaluate_sequences(pred: Path, gt: Path, bound_th: float = BOUND_TH,
+                       skip_first_last: bool = False) -> Iterator[SequenceResult]:
+    """Score every sequence of GT against PRED, yielding one result per sequence in order.
+    `skip_first_last` leaves each sequence's first and last mask frames out, as the DAVIS
+    semi-supervised benchmark does (mattes are always scored on every frame)."""
     for pair in find_pairs(pred, gt):
         result = SequenceResult(pair.name)
         if pair.gt_masks is not None:
-            _score_masks(pair, result, bound_th)
+            _score_masks(pair, result, bound_th, skip_first_last)
         if pair.gt_alpha is not None:
             _score_mattes(pair, result)
         if result.frames == 0:
@@ -249,7 +270,7 @@ def summarise(results: list[SequenceResult]) -> dict:
     all_objects: list[ObjectScores] = []
     mattes: list[MatteScores] = []
     for r in results:
-        seq: dict = {"frames": r.frames, "missing": r.missing, "extra": r.extra}
+        seq: dict = {"frames": r.frames, "skipped": r.skipped, "missing": r.missing, "extra": r.extra}
         if r.objects is not None:
             seq["objects"] = {str(obj): {**{k: _stats(statistics(getattr(o, k.lower()))) for k in ("J", "F")},
                                          "J&F": _num((statistics(o.j).mean + statistics(o.f).mean) / 2)}
@@ -267,6 +288,6 @@ def summarise(results: list[SequenceResult]) -> dict:
     return doc
 
 
-def evaluate(pred: Path, gt: Path, bound_th: float = BOUND_TH) -> dict:
+def evaluate(pred: Path, gt: Path, bound_th: float = BOUND_TH, skip_first_last: bool = False) -> dict:
     """Score PRED against GT and return the summary document (see `summarise`)."""
-    return summarise(list(evaluate_sequences(Path(pred), Path(gt), bound_th)))
+    return summarise(list(evaluate_sequences(Path(pred), Path(gt), bound_th, skip_first_last)))
