@@ -31,7 +31,7 @@ from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainSte
 from core.training.matting_cache import CachedSamples, FeatureCache
 from core.training.matting_data import (BACKGROUNDS, backgrounds_folder, find_backgrounds, find_dataset,
                                         split)
-from core.training.runs import BEST, LAST, METRICS, batches, previous_run, resume_state, write_lines
+from core.training.runs import BEST, LAST, batches, previous_run, resume_state, save_epoch
 
 CACHE = "cache"
 CKPT_KEYS = ("kind", "format", "arch", "img_size", "epoch", "metrics", "sam2", "features", "train", "model", "reelmask")
@@ -165,12 +165,8 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
             best = {"epoch": epoch, "value": score}
         weights_now = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         ckpt = {**header, "epoch": epoch, "metrics": metrics, "model": weights_now}
-        # last.pt first: it holds the history and which epoch is best (see core/training/unet.py)
-        save_checkpoint(out / LAST, {**ckpt, "optimizer": optimizer.state_dict(), "history": history,
-                                     "best": best, "data": str(data.resolve())})
-        if is_best:
-            save_checkpoint(out / BEST, ckpt)
-        write_lines(out / METRICS, history)
+        save_epoch(out, ckpt, {"optimizer": optimizer.state_dict(), "history": history, "best": best,
+                               "data": str(data.resolve())}, is_best, history, save_checkpoint)
         yield EpochEnd(epoch, metrics, is_best, seconds)
 
     best_metrics = next((m for m in history if best and m["epoch"] == best["epoch"]), {})

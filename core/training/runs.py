@@ -60,6 +60,17 @@ def resume_state(previous: dict, model, optimizer, lr: float, out: Path, read_he
     return history, best, previous["epoch"] + 1
 
 
+def save_epoch(out: Path, ckpt: dict, run: dict, best_now: bool, history: list[dict],
+               save: Callable[[Path, dict], None]) -> None:
+    """The files of a finished epoch: last.pt (`ckpt` plus `run`: optimizer, history, best, ...) first,
+    since it says which epoch is best and so lets --resume repair a crash anywhere after it; then
+    best.pt (`ckpt` alone) when this epoch is the best so far; then metrics.jsonl."""
+    save(out / LAST, {**ckpt, **run})
+    if best_now:
+        save(out / BEST, ckpt)
+    write_lines(out / METRICS, history)
+
+
 def batches(loader, should_stop: Callable[[], bool]) -> Iterator[object]:
     """The loader's batches, checking should_stop before each; a dataset error from a worker process
     comes back as the one-line TrainingError it was."""

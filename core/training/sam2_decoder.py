@@ -34,7 +34,7 @@ from core.errors import Cancelled, TrainingError
 from core.models.sam2_decoder import FORMAT, KIND, base_identity, read_decoder_header
 from core.training.events import EpochEnd, TrainFinished, TrainPrepare, TrainStarted, TrainStep
 from core.training.registry import with_kind_defaults
-from core.training.runs import BEST, LAST, METRICS, batches, previous_run, resume_state, write_lines
+from core.training.runs import BEST, LAST, METRICS, batches, previous_run, resume_state, save_epoch, write_lines
 from core.training.sam2_decoder_data import (DecoderSamples, cache_key, find_objects, plan_batches,
                                              unique_images)
 from core.training.unet_checkpoint import save_checkpoint
@@ -167,12 +167,8 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
             best = {"epoch": epoch, "value": score}
         state = {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()}
         ckpt = {**header, "epoch": epoch, "metrics": metrics, "model": state}
-        # last.pt first: it holds the history and the best epoch, so --resume can repair the rest
-        save_checkpoint(out / LAST, {**ckpt, "optimizer": optimizer.state_dict(), "history": history,
-                                     "best": best, "split": parts.how, "data": str(data.resolve())})
-        if is_best:
-            save_checkpoint(out / BEST, ckpt)
-        write_lines(out / METRICS, history)
+        save_epoch(out, ckpt, {"optimizer": optimizer.state_dict(), "history": history, "best": best,
+                               "split": parts.how, "data": str(data.resolve())}, is_best, history, save_checkpoint)
         yield EpochEnd(epoch, metrics, is_best, seconds)
         stopped = _stopped_early(history, best, t.patience)
 

@@ -19,7 +19,7 @@ from core.errors import TrainingError
 from core.training.registry import with_kind_defaults
 from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
 from core.training.unet_checkpoint import FORMAT, KIND, load_checkpoint, read_header, save_checkpoint
-from core.training.runs import BEST, LAST, METRICS, batches, previous_run, resume_state, write_lines
+from core.training.runs import BEST, LAST, batches, previous_run, resume_state, save_epoch
 from core.training.unet_data import Samples, find_dataset, split
 
 # what best.pt keeps of last.pt
@@ -122,13 +122,8 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         ckpt = {"kind": KIND, "format": FORMAT, "arch": arch, "img_size": t.img_size, "normalize": NORMALIZE,
                 "epoch": epoch, "metrics": metrics, "model": weights, "reelmask": __version__}
-        # last.pt first: it holds the history and which epoch is best, so a crash anywhere later
-        # can be repaired by --resume (metrics.jsonl rewritten, best.pt restored from last.pt)
-        save_checkpoint(out / LAST, {**ckpt, "optimizer": optimizer.state_dict(), "history": history,
-                                     "best": best, "split": parts.how, "data": str(data.resolve())})
-        if is_best:
-            save_checkpoint(out / BEST, ckpt)
-        write_lines(out / METRICS, history)
+        save_epoch(out, ckpt, {"optimizer": optimizer.state_dict(), "history": history, "best": best,
+                               "split": parts.how, "data": str(data.resolve())}, is_best, history, save_checkpoint)
         yield EpochEnd(epoch, metrics, is_best, seconds)
 
     best_metrics = next((m for m in history if best and m["epoch"] == best["epoch"]), {})
