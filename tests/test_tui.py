@@ -268,3 +268,28 @@ async def test_job_panel_shows_chunks_and_prompts(fixed_state):
     assert strip.startswith("forward ██▶··") and "2/5" in strip
     assert "prompts: 2 detector, 1 handover; objects 1, 2" in info
     assert "130/240 frames at 6.5/s, ETA 0:17" in info and "warning: chunk 1" in info
+
+
+@_sync
+async def test_decoder_training_shows_the_untrained_scores_and_skipped_epochs(fixed_state):
+    cfg, _ = fixed_state
+    s = Store(cfg.path(cfg.paths.db))
+    job = s.add_job("sam2-decoder: vos", "vos", kind="train", mode="sam2-decoder", source="train")
+    s.update_job(job, output_path="runs/sam2-decoder-vos", frames_total=20)
+    s.set_progress(job, 20, 20, None, None)
+    s.add_train_metric(job, 0, 0, None, {"epoch": 0, "train_loss": None, "val_loss": 4.36, "val_miou": 0.095,
+                                         "lr": 1e-05})
+    s.add_train_metric(job, 1, 10, 3.9)
+    s.add_train_metric(job, 2, 20, None, {"epoch": 2, "train_loss": 3.17, "val_loss": 2.88, "val_miou": 0.109,
+                                          "lr": 1e-05})
+    for epoch, state in ((1, "done"), (2, "done"), (3, "skipped")):
+        s.set_chunk(job, "epoch", epoch, 0, 0, state)
+    app = ReelmaskApp(cfg, refresh_seconds=60)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await _select(job)(pilot)
+        panel = app.query_one(JobPanel)
+        info = str(panel.query_one("#job-info").render())
+        strip = str(panel.query_one("#job-chunks").render())
+    assert "before training: val_loss 4.3600, val_miou 0.0950" in info
+    assert "epoch 2: train_loss 3.1700, val_loss 2.8800, val_miou 0.1090, lr 1.0e-05" in info
+    assert "██-" in strip

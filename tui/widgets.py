@@ -7,6 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Label, ProgressBar, RichLog, Sparkline, Static
 
+from core.training.events import format_metrics
 from tui.state import DeviceMemory, JobDetail, Snapshot, eta_seconds, format_duration, format_mb, percent
 
 QUEUE_COLUMNS = ("id", "name", "kind", "mode", "state", "done/total", "%", "fps", "ETA")
@@ -114,9 +115,13 @@ class JobPanel(VerticalScroll):
             loss.data = list(detail.losses)
             lines.append(f"\nloss {detail.losses[0]:.4f} → {detail.losses[-1]:.4f}")
         if detail.epochs:
-            last = detail.epochs[-1]
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if isinstance(v, float))
-            lines.append(f"\nepoch {last.get('epoch', '?')}: {shown}")
+            first, last = detail.epochs[0], detail.epochs[-1]
+            if first.get("epoch") == 0 and last is not first:  # the untrained model's scores, to compare
+                lines.append("\nbefore training: " + format_metrics(
+                    {k: v for k, v in first.items() if k in ("val_loss", "val_miou", "val_iou")}))
+            shown = format_metrics({k: v for k, v in last.items() if isinstance(v, float)})
+            when = "before training" if last.get("epoch") == 0 else f"epoch {last.get('epoch', '?')}"
+            lines.append(f"\n{when}: {shown}")
         if detail.prompts:
             given = ", ".join(f"{n} {src}" for src, n in sorted(detail.prompts.items()))
             lines.append(f"\nprompts: {given}; objects {', '.join(map(str, detail.prompt_objects))}")
