@@ -210,6 +210,16 @@ def test_settings_and_cancel(tmp_path: Path):
     assert set(k for k in events[-1].metrics if k.startswith("val_miou_")) == {"val_miou_box"}
 
 
+def test_a_corrupt_frame_fails_naming_it_and_no_validation_set_works(tmp_path: Path):
+    data = make_davis(tmp_path / "davis", sequences=("a",), n=2)                    # no ImageSets: no val.txt
+    events = _train(data, tmp_path / "noval", _cfg("train.epochs=1", "train.val_fraction=0"))
+    assert events[-1].metrics["val_loss"] is None and events[-1].metrics["train_loss"] > 0
+    frame = data / "JPEGImages" / "480p" / "a" / "00001.jpg"
+    frame.write_bytes(frame.read_bytes()[: len(frame.read_bytes()) // 3])
+    with pytest.raises(TrainingError, match="00001.jpg"):
+        _train(data, tmp_path / "run", _cfg("train.epochs=1"))
+
+
 # ------------------------------------------------------------------ the decoder in every SAM2 mode
 
 @pytest.fixture(scope="module")

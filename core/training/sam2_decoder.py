@@ -220,10 +220,7 @@ def _fill_cache(tracker, images: list[Path], root: Path, identity: dict, batch: 
         if should_stop():
             raise Cancelled("training cancelled while encoding frames; the cache keeps what is done (--resume continues)")
         group = missing[start:start + batch]
-        try:
-            frames = [decode_rgb(image) for image in group]
-        except Exception as e:
-            raise TrainingError(f"a frame of {group[0].parent} cannot be decoded ({e}); re-export it or remove it") from e
+        frames = [_decode(image, decode_rgb) for image in group]
         with tracker._running():
             predictor.set_image_batch(frames)
             feats = predictor._features
@@ -238,6 +235,13 @@ def _fill_cache(tracker, images: list[Path], root: Path, identity: dict, batch: 
             tmp.replace(target)
         yield TrainPrepare("encoding frames", min(start + batch, len(missing)), len(missing), len(images) - len(missing))
     return paths
+
+
+def _decode(image: Path, decode_rgb):
+    try:
+        return decode_rgb(image)
+    except Exception as e:
+        raise TrainingError(f"image {image} cannot be decoded ({e}); re-export it or remove it") from e
 
 
 class _Step:
