@@ -23,11 +23,8 @@ from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
-from PIL import UnidentifiedImageError
 
-from core.errors import TrainingError
-from core.frames import _pil_open
-from core.training.unet_data import Pair
+from core.training.unet_data import Pair, read_mask_values
 
 KINDS = ("box", "point", "points")
 MAX_POINTS = 4          # prompt tensors are padded to this many points (label -1 = no point)
@@ -43,28 +40,11 @@ class ObjectSample:
     box: tuple[int, int, int, int]   # x0, y0, x1, y1 (exclusive) in frame pixels
 
 
-def mask_values(path: Path) -> np.ndarray:
-    """HxW int object ids: palette indices as they are, grey values, or colours packed as 0xRRGGBB."""
-    try:
-        with _pil_open(path) as im:
-            if im.mode == "P":
-                return np.asarray(im).astype(np.int32)
-            if im.mode in ("RGB", "RGBA"):
-                rgb = np.asarray(im.convert("RGB")).astype(np.int32)
-                return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-            if im.mode not in ("L", "I", "I;16", "1"):
-                im = im.convert("L")
-            return np.asarray(im).astype(np.int32)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise TrainingError(f"mask {path} cannot be read ({e}); re-export it or remove it") from e
-
-
 def find_objects(pairs: Sequence[Pair]) -> tuple[list[ObjectSample], int]:
     """Every object of every mask, with its box; (samples, objects skipped as too small)."""
     samples, small = [], 0
     for pair in pairs:
-        ids = mask_values(pair.mask)
-        palette = _is_palette(pair.mask)
+        ids, palette = read_mask_values(pair.mask)
         floor = MIN_AREA * ids.size
         for value in np.unique(ids):
             if value == 0 or (palette and value == VOID):
@@ -76,11 +56,6 @@ def find_objects(pairs: Sequence[Pair]) -> tuple[list[ObjectSample], int]:
             samples.append(ObjectSample(pair, int(value), (int(xs.min()), int(ys.min()), int(xs.max()) + 1,
                                                            int(ys.max()) + 1)))
     return samples, small
-
-
-def _is_palette(path: Path) -> bool:
-    with _pil_open(path) as im:
-        return im.mode == "P"
 
 
 # ------------------------------------------------------------------ prompts
@@ -177,7 +152,7 @@ class DecoderSamples:
     def __getitem__(self, index: tuple[int, str, int, bool]):
         i, kind, seed, exact = index
         sample = self.samples[i]
-        mask = mask_values(sample.pair.mask) == sample.object_id
+        mask = read_mask_values(sample.pair.mask)[0] == sample.object_id
         prompt = draw_prompt(mask, sample.box, kind, np.random.default_rng(seed), self.size, exact)
         small = cv2.resize(mask.astype(np.float32), (self.size, self.size),
                            interpolation=cv2.INTER_AREA if self.size < max(mask.shape) else cv2.INTER_LINEAR)

@@ -295,17 +295,26 @@ def split(dataset: Dataset, val_fraction: float, seed: int) -> Split:
 
 # ------------------------------------------------------------------ samples
 
-def read_binary_mask(path: Path) -> np.ndarray:
-    """HxW bool: any nonzero pixel (palette index, grey value or colour) is the object."""
+def read_mask_values(path: Path) -> tuple[np.ndarray, bool]:
+    """(HxW int values, whether the PNG is a palette image): palette indices, grey values, or colours
+    packed as 0xRRGGBB; 0 is background. A TrainingError naming the file when it cannot be read."""
     try:
         with _pil_open(path) as im:
+            if im.mode == "P":
+                return np.asarray(im).astype(np.int32), True
             if im.mode in ("RGB", "RGBA"):
-                return np.asarray(im.convert("RGB")).any(axis=2)
-            if im.mode not in ("P", "L", "1", "I", "I;16", "F"):
+                rgb = np.asarray(im.convert("RGB")).astype(np.int32)
+                return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2], False
+            if im.mode not in ("L", "1", "I", "I;16", "F"):
                 im = im.convert("L")
-            return np.asarray(im) > 0
+            return np.asarray(im).astype(np.int32), False
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise TrainingError(f"mask {path} cannot be read ({e}); re-export it or remove it") from e
+
+
+def read_binary_mask(path: Path) -> np.ndarray:
+    """HxW bool: any nonzero pixel (palette index, grey value or colour) is the object."""
+    return read_mask_values(path)[0] > 0
 
 
 def load_sample(pair: Pair, size: int, flip: bool = False, gain: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

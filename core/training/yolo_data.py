@@ -16,11 +16,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import UnidentifiedImageError
 
 from core.errors import TrainingError
-from core.frames import IMAGE_SUFFIXES, _pil_open
-from core.training.unet_data import Dataset, Pair, find_dataset, split
+from core.frames import IMAGE_SUFFIXES
+from core.training.unet_data import Dataset, Pair, find_dataset, read_mask_values, split
 
 CLASS_NAME = "object"
 YAML_NAMES = ("data.yaml", "dataset.yaml")
@@ -126,17 +125,10 @@ def write_yaml(source: YoloYaml, root: Path) -> Path:
 
 def mask_ids(path: Path) -> np.ndarray:
     """HxW object ids of a mask: palette indices as they are; grey or colour masks numbered by connected region."""
-    try:
-        with _pil_open(path) as im:
-            if im.mode == "P":
-                return np.asarray(im).astype(np.int32)
-            if im.mode in ("RGB", "RGBA"):
-                binary = np.asarray(im.convert("RGB")).any(axis=2)
-            else:
-                binary = np.asarray(im if im.mode in ("L", "1", "I", "I;16", "F") else im.convert("L")) > 0
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise TrainingError(f"mask {path} cannot be read ({e}); re-export it or remove it") from e
-    _, regions = cv2.connectedComponents(binary.astype(np.uint8), connectivity=8)
+    values, palette = read_mask_values(path)
+    if palette:
+        return values
+    _, regions = cv2.connectedComponents((values > 0).astype(np.uint8), connectivity=8)
     return regions
 
 
