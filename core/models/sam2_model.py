@@ -159,7 +159,8 @@ class Sam2Tracker:
         return model.to(self.device).eval()
 
     @contextlib.contextmanager
-    def _running(self):
+    def running(self):
+        """Inside sam2: inference mode, bfloat16 autocast when chosen, and the time added to `seconds`."""
         import torch
 
         start = time.perf_counter()
@@ -199,7 +200,7 @@ class Sam2Tracker:
         }
 
     def add_points(self, state: dict, frame: int, obj_id: int, points=None, labels=None, box=None) -> None:
-        with self._running():
+        with self.running():
             self.predictor.add_new_points_or_box(
                 state, frame_idx=frame, obj_id=obj_id,
                 points=np.asarray(points, dtype=np.float32) if points is not None else None,
@@ -210,7 +211,7 @@ class Sam2Tracker:
     def add_mask(self, state: dict, frame: int, obj_id: int, mask: np.ndarray) -> None:
         import torch
 
-        with self._running():
+        with self.running():
             self.predictor.add_new_mask(state, frame_idx=frame, obj_id=obj_id, mask=torch.from_numpy(mask))
 
     def propagate(self, state: dict, start: int, count: int, reverse: bool) -> Iterator[tuple[int, list[int], "FrameLogits"]]:
@@ -219,7 +220,7 @@ class Sam2Tracker:
             state, start_frame_idx=start, max_frame_num_to_track=count, reverse=reverse
         )
         while True:
-            with self._running():
+            with self.running():
                 try:
                     frame, obj_ids, logits = next(gen)
                 except StopIteration:

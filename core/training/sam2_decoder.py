@@ -221,7 +221,7 @@ def _fill_cache(tracker, images: list[Path], root: Path, identity: dict, batch: 
             raise Cancelled("training cancelled while encoding frames; the cache keeps what is done (--resume continues)")
         group = missing[start:start + batch]
         frames = [_decode(image, decode_rgb) for image in group]
-        with tracker._running():
+        with tracker.running():
             predictor.set_image_batch(frames)
             feats = predictor._features
             embed = feats["image_embed"].float().cpu().numpy().astype(np.float16)
