@@ -13,6 +13,7 @@ from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header
@@ -74,7 +75,11 @@ class ReelmaskApp(App):
     # ---------------------------------------------------------------- state
 
     def reload(self) -> None:
-        self.read_state(self.query_one(QueueTable).selected_id, self.state_filter, self.query_one(EventLog).last_id)
+        try:
+            table, log = self.query_one(QueueTable), self.query_one(EventLog)
+        except NoMatches:  # quitting: the widgets are gone before the interval timer stops
+            return
+        self.read_state(table.selected_id, self.state_filter, log.last_id)
 
     @work(thread=True, exclusive=True, group="refresh")
     def read_state(self, selected: str | None, state: str | None, last_event: int) -> None:
@@ -88,7 +93,10 @@ class ReelmaskApp(App):
     def watch_snapshot(self, snap: Snapshot | None) -> None:
         if snap is None:
             return
-        table = self.query_one(QueueTable)
+        try:
+            table = self.query_one(QueueTable)
+        except NoMatches:  # a read that finished while the dashboard was quitting
+            return
         table.show(snap)
         shown = f"queue · {self.state_filter or 'all'} ({len(snap.jobs)})"
         table.border_title = shown + (" · PAUSED" if snap.paused else "")
