@@ -33,7 +33,7 @@ class QueueTable(DataTable):
         if current == list(rows):  # same jobs in the same order: update cells, keep the cursor
             for job_id, cells in rows.items():
                 for name, value in zip(QUEUE_COLUMNS, cells):
-                    self.update_cell(job_id, name, value)
+                    self.update_cell(job_id, name, value, update_width=True)  # "9" can become "100"
             return
         selected = self.selected_id
         self.clear()

@@ -27,14 +27,14 @@ class AutomaticRegions:
                  pred_iou_thresh: float, stability_thresh: float):
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
+        from core.models.sam2_model import fit_image_predictor, quiet_transforms
+
         self.folder, self.every, self.min_area = folder, every, min_area
-        self.generator = SAM2AutomaticMaskGenerator(
-            predictor, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
-            stability_score_thresh=stability_thresh, min_mask_region_area=0, output_mode="binary_mask")
-        # sam2's image predictor assumes 1024 px inputs (features of 256, 128, 64); follow image_size
-        size = predictor.image_size
-        self.generator.predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8),
-                                                   (size // 16, size // 16)]
+        with quiet_transforms():
+            self.generator = SAM2AutomaticMaskGenerator(
+                predictor, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
+                stability_score_thresh=stability_thresh, min_mask_region_area=0, output_mode="binary_mask")
+        fit_image_predictor(self.generator.predictor, predictor.image_size)
 
     def keyframes(self, chunk: Chunk) -> list[int]:
         return [f for f in range(chunk.start, chunk.end) if f % self.every == 0] or [chunk.start]

@@ -95,15 +95,12 @@ class Sam2Features:
     """Runs SAM2 in image mode on frames with a coarse mask; `seconds` sums the time spent."""
 
     def __init__(self, tracker):
-        from sam2.sam2_image_predictor import SAM2ImagePredictor
+        from core.models.sam2_model import image_predictor
 
         self.tracker = tracker
         model = tracker.predictor
         self.sam_size = int(model.image_size)
-        self.predictor = SAM2ImagePredictor(model)
-        # sam2's image predictor assumes 1024 px inputs (features of 256, 128, 64); follow image_size
-        s = self.sam_size
-        self.predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+        self.predictor = image_predictor(model)
         if not getattr(model, "_reelmask_embedding_hook", False):
             # installed once per model and idle unless this thread is inside __call__, so a tracker
             # shared with video propagation on another thread is not disturbed

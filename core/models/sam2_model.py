@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -55,6 +56,31 @@ def pick_device(name: str):
 def has_sam2_extension() -> bool:
     """sam2's optional CUDA extension (used to fill small holes in masks)."""
     return importlib.util.find_spec("sam2._C") is not None
+
+
+@contextlib.contextmanager
+def quiet_transforms() -> Iterator[None]:
+    """sam2 compiles its image transforms with torch.jit.script, which torch now warns about on every
+    build; the warning is about sam2's code, not the user's, so it is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        yield
+
+
+def fit_image_predictor(predictor, image_size: int):
+    """sam2's image predictor assumes 1024 px inputs (features of 256, 128 and 64 px); make it follow
+    models.image_size. Returns the predictor."""
+    s = int(image_size)
+    predictor._bb_feat_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
+    return predictor
+
+
+def image_predictor(model):
+    """sam2's own SAM2ImagePredictor on a built SAM2 model, at the model's image size."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    with quiet_transforms():
+        return fit_image_predictor(SAM2ImagePredictor(model), model.image_size)
 
 
 def _quiet_sam2() -> None:

@@ -205,7 +205,7 @@ def _fill_cache(tracker, images: list[Path], root: Path, identity: dict, batch: 
                 should_stop: Callable[[], bool]) -> Iterator[object]:
     """Encode the images not cached yet; returns {image: cache file}. Yields TrainPrepare progress."""
     from core.frames import decode_rgb
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
+    from core.models.sam2_model import image_predictor
 
     root.mkdir(parents=True, exist_ok=True)
     size = tracker.image_size
@@ -214,8 +214,7 @@ def _fill_cache(tracker, images: list[Path], root: Path, identity: dict, batch: 
     yield TrainPrepare("encoding frames", 0, len(missing), len(images) - len(missing))
     if not missing:
         return paths
-    predictor = SAM2ImagePredictor(tracker.predictor)
-    predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
+    predictor = image_predictor(tracker.predictor)
     for start in range(0, len(missing), batch):
         if should_stop():
             raise Cancelled("training cancelled while encoding frames; the cache keeps what is done (--resume continues)")
