@@ -96,6 +96,8 @@ class TrainingRun:
             store.log("info", f"{event.train_items} training / {event.val_items} validation samples, "
                               f"{event.epochs} epochs from {event.start_epoch}, {event.steps_per_epoch} steps each, "
                               f"on {event.device}", job_id)
+            for warning in event.warnings:
+                store.log("warning", warning, job_id)
             self._flush(force=True)
         elif isinstance(event, TrainStep):
             if event.epoch != self.epoch:

@@ -329,6 +329,7 @@ def test_daemon_job_records_the_untrained_scores_and_an_early_stop(tmp_path: Pat
     messages = [e["message"] for e in store.events(job_id=job_id)]
     assert any(m.startswith("before training: val_loss 4.0000") for m in messages)
     assert any("encoding frames: 4 to do" in m for m in messages) and any("stopped early" in m for m in messages)
+    assert any("RANDOM weights" in e["message"] and e["level"] == "warning" for e in store.events(job_id=job_id))
 
 
 def test_cli_trains_in_the_foreground(tmp_path: Path):
@@ -341,4 +342,5 @@ def test_cli_trains_in_the_foreground(tmp_path: Path):
                         "--out", "run", *sets], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "before training: val_loss" in r.stderr and "epoch 1: train_loss" in r.stderr
+    assert "warning: SAM2 runs with RANDOM weights" in r.stderr
     assert (tmp_path / "run" / "best.pt").is_file() and "best " in r.stdout

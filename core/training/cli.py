@@ -63,6 +63,8 @@ def _foreground(kind: str, data: Path, out: Path, cfg, summary: str, resume: boo
                            description=f"train {kind}")
                 console.print(f"[dim]{event.train_items} training / {event.val_items} validation samples, "
                               f"{event.epochs} epochs from {event.start_epoch}, on {event.device}")
+                for warning in event.warnings:
+                    console.print(f"[yellow]warning:[/] {warning}")
             elif isinstance(event, TrainPrepare):
                 bar.update(task, total=event.total, completed=event.done, description=f"{kind} · {event.what}")
                 if event.done == 0:

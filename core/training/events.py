@@ -15,6 +15,7 @@ class TrainStarted:
     val_items: int              # validation samples
     device: str
     start_epoch: int = 1        # > 1 when an interrupted run continues from last.pt
+    warnings: tuple[str, ...] = ()   # what the person training should know (SAM2 with random weights ...)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class TrainFinished:
     metrics: dict = field(default_factory=dict)   # of the best epoch
     seconds: float = 0.0
     stopped_early: bool = False
+
+
+RANDOM_SAM2 = ("SAM2 runs with RANDOM weights (models.sam2_weights = \"random\"): what this run learns only "
+               "fits a random SAM2; use it for tests and speed measurements only")
 
 
 def format_metrics(metrics: dict) -> str:

@@ -27,7 +27,7 @@ from core.errors import TrainingError
 from core.matting import features as feature_spec
 from core.matting.refiner import FORMAT, KIND, load_checkpoint, read_refiner_header
 from core.training.registry import with_kind_defaults
-from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
+from core.training.events import RANDOM_SAM2, EpochEnd, TrainFinished, TrainStarted, TrainStep
 from core.training.matting_cache import CachedSamples, FeatureCache
 from core.training.matting_data import (BACKGROUNDS, backgrounds_folder, find_backgrounds, find_dataset,
                                         split)
@@ -114,7 +114,8 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     cache = FeatureCache(out / CACHE, t.img_size, sam2_key)
     yield from cache.fill([*train_samples, *(s for c in val_clips for s in c)], lambda: Sam2Tracker(cfg, weights),
                           should_stop)
-    yield TrainStarted("matting", t.epochs, steps, len(train_samples), n_val, str(device), start)
+    yield TrainStarted("matting", t.epochs, steps, len(train_samples), n_val, str(device), start,
+                       (RANDOM_SAM2,) if weights.is_random else ())
     identity = cache.identity()
     if cuda:
         torch.cuda.empty_cache()  # SAM2 is done with: its memory goes back before training

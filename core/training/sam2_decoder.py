@@ -32,7 +32,7 @@ from core import __version__
 from core.config import Config
 from core.errors import Cancelled, TrainingError
 from core.models.sam2_decoder import FORMAT, KIND, base_identity, read_decoder_header
-from core.training.events import EpochEnd, TrainFinished, TrainPrepare, TrainStarted, TrainStep
+from core.training.events import RANDOM_SAM2, EpochEnd, TrainFinished, TrainPrepare, TrainStarted, TrainStep
 from core.training.registry import with_kind_defaults
 from core.training.runs import BEST, LAST, METRICS, batches, previous_run, resume_state, save_epoch, write_lines
 from core.training.sam2_decoder_data import (DecoderSamples, cache_key, find_objects, plan_batches,
@@ -116,7 +116,8 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     loader_options = {"num_workers": t.workers, "pin_memory": cuda, "collate_fn": _collate}
     steps = len(plan_batches(len(train_set), t.prompts, t.batch_size, t.seed, 1))
     total = steps * max(0, t.epochs - start + 1)
-    yield TrainStarted(KIND, t.epochs, steps, len(train_set), len(val_set), str(device), start)
+    yield TrainStarted(KIND, t.epochs, steps, len(train_set), len(val_set), str(device), start,
+                       (RANDOM_SAM2,) if weights.is_random else ())
 
     step_ctx = _Step(model, device, trained_names)
     if previous is None:  # how the decoder does before any training: the line every epoch compares with
