@@ -142,3 +142,18 @@ def test_mask_size_is_checked_per_sequence(tmp_path: Path):
     Image.new("P", (16, 16)).save(bad)
     with pytest.raises(TrainingError, match=re.escape(f"mask {bad} is 16x16 but its image")):
         find_dataset(data)
+
+
+def test_frames_beside_masks_are_a_video(tmp_path: Path):
+    """A refine-mode input folder (frames, masks/ beside them, prompts.json) trains as it is."""
+    for clip in ("c1", "c2"):
+        root = tmp_path / "data" / clip
+        (root / "masks").mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(root / f"{i:05d}.jpg"), np.full((24, 32, 3), 90, np.uint8))
+            cv2.imwrite(str(root / "masks" / f"{i:05d}.png"), np.full((24, 32), 255, np.uint8))
+        (root / "prompts.json").write_text("{}")
+    dataset = find_dataset(tmp_path / "data")
+    assert [v.name for v in dataset.train] == ["c1", "c2"] and all(len(v.pairs) == 3 for v in dataset.train)
+    single = find_dataset(tmp_path / "data" / "c1")
+    assert len(single.train) == 1 and single.train[0].pairs[0].image.parent == tmp_path / "data" / "c1"

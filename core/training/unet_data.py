@@ -1,6 +1,7 @@
 """Datasets of frames with masks for the U-Net trainer: finding pairs, splitting, loading samples.
 
-Accepted layouts (a "video" is a folder with images/ and masks/):
+Accepted layouts (a "video" is a folder with images/ and masks/, or a reelmask input folder: frames
+with a masks/ folder beside them, as refine mode reads them):
 
     DATA/train/<video>/{images,masks}  [+ DATA/test/<video>/{images,masks} for validation]
     DATA/<video>/{images,masks}        every video trains
@@ -100,13 +101,14 @@ def find_dataset(data: Path) -> Dataset:
         where = data / "train" if (data / "train").is_dir() else data
         raise TrainingError(
             f"no image+mask pairs in {where}; expected <video>/images/00000.jpg with <video>/masks/00000.png "
-            "(or images/ and masks/ directly in it)")
+            "(or images/ and masks/ directly in it, or frames beside a masks/ folder)")
     return Dataset(tuple(train), tuple(test), data)
 
 
 def _videos(root: Path) -> tuple[Video, ...]:
-    """root itself when it has images/, else each sub-folder with images/; videos without pairs dropped."""
-    if (root / IMAGES).is_dir():
+    """root itself when it is a video, else each sub-folder with images/ or masks/; videos without
+    pairs dropped."""
+    if (root / IMAGES).is_dir() or _frames_beside_masks(root):
         candidates = [root]
     else:
         candidates = [p for p in _subfolders(root) if (p / IMAGES).is_dir() or (p / MASKS).is_dir()]
@@ -118,8 +120,16 @@ def _videos(root: Path) -> tuple[Video, ...]:
     return tuple(videos)
 
 
+def _frames_beside_masks(folder: Path) -> bool:
+    """A reelmask input folder: frames directly in it, with masks/ (as refine mode reads them)."""
+    return (folder / MASKS).is_dir() and not (folder / IMAGES).is_dir() and \
+        any(is_frame_name(p.name) and p.is_file() for p in folder.iterdir())
+
+
 def _folder_video(folder: Path) -> Video:
-    """A video folder with images/ and masks/."""
+    """A video folder with images/ and masks/, or frames with masks/ beside them."""
+    if _frames_beside_masks(folder):
+        return _video(folder.resolve().name, folder, folder, folder / MASKS)
     images_dir, masks_dir = folder / IMAGES, folder / MASKS
     for needed in (images_dir, masks_dir):
         if not needed.is_dir():
