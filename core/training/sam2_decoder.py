@@ -199,7 +199,10 @@ def _set_dropout(decoder, p: float) -> None:
 
 
 def _collate(items: list[tuple]) -> tuple:
-    return tuple(np.stack(column) for column in zip(*items))
+    """A batch as CPU tensors (pinned by the DataLoader on CUDA)."""
+    import torch
+
+    return tuple(torch.from_numpy(np.stack(column)) for column in zip(*items))
 
 
 def _fill_cache(tracker, images: list[Path], root: Path, identity: dict, batch: int,
@@ -257,7 +260,7 @@ class _Step:
         import torch.nn.functional as F
 
         model, dev = self.model, self.device
-        embed, s0, s1, gt, coords, labels = (torch.from_numpy(np.asarray(x)).to(dev) for x in batch)
+        embed, s0, s1, gt, coords, labels = (torch.as_tensor(x).to(dev, non_blocking=True) for x in batch)
         embed, s0, s1 = embed.float(), s0.float(), s1.float()
         gt = gt.float()[:, None]
         used = int((labels >= 0).sum(dim=1).max())
