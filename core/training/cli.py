@@ -20,15 +20,18 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 @command(_train_args)
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a model: unet (direct segmenter), matting (alpha refiner), sam2-decoder (SAM2's mask decoder,
-    fine-tuned for models.sam2_decoder) or yolo (detector for models.yolo).
+    """Train a model: unet, matting, sam2-decoder or yolo.
+
+    unet is the direct segmenter (models.unet), matting the alpha refiner (models.matting),
+    sam2-decoder SAM2's mask decoder fine-tuned on your masks (models.sam2_decoder), yolo the
+    detector of detect mode (models.yolo).
 
     Runs in the foreground with a progress bar (Ctrl-C stops; --resume continues from last.pt),
     or with --queue as a daemon job whose epochs, loss and metrics show in `reelmask tui`.
     Hyper-parameters are train.* keys: --set train.epochs=3 --set train.img_size=128; left at 0,
     epochs, lr, batch_size and img_size take the kind's own defaults.
 
-    example: reelmask train unet --data dataset --out models/unet --set train.epochs=5
+    example: reelmask train sam2-decoder --data dataset --out models/decoder --set train.epochs=5
     """
     from core.training.registry import check_dataset, default_out, queue_training
 
