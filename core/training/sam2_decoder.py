@@ -173,7 +173,6 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
         yield EpochEnd(epoch, metrics, is_best, seconds)
         stopped = _stopped_early(history, best, t.patience)
 
-    _set_dropout(model.sam_mask_decoder, 0.0)
     best_metrics = next((m for m in history if best and m["epoch"] == best["epoch"]), {})
     yield TrainFinished(out, out / BEST, out / LAST, best_metrics, time.perf_counter() - began, stopped)
 
