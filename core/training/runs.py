@@ -38,11 +38,15 @@ def previous_run(out: Path, resume: bool, load: Callable[[Path], dict]) -> dict 
     return data
 
 
-def resume_state(previous: dict, model, optimizer, lr: float, out: Path, read_header: Callable[[Path], dict],
+def resume_state(previous: dict | None, model, optimizer, lr: float, out: Path, read_header: Callable[[Path], dict],
                  save: Callable[[Path, dict], None], best_keys: Iterable[str]) -> tuple[list[dict], dict | None, int]:
-    """Load last.pt's weights and optimizer (the configured learning rate wins over the saved one),
-    rewrite metrics.jsonl to the epochs it covers and best.pt if a crash came between the two files;
-    returns (history, best, first epoch to run)."""
+    """Make the run folder; with `previous` (last.pt), load its weights and optimizer (the configured
+    learning rate wins over the saved one), rewrite metrics.jsonl to the epochs it covers and best.pt
+    if a crash came between the two files. Returns (history, best, first epoch to run): ([], None, 1)
+    for a new run."""
+    out.mkdir(parents=True, exist_ok=True)
+    if previous is None:
+        return [], None, 1
     model.load_state_dict(previous["model"])
     optimizer.load_state_dict(previous["optimizer"])
     for group in optimizer.param_groups:

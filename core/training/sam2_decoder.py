@@ -97,13 +97,8 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
         p.requires_grad_(True)
     _set_dropout(model.sam_mask_decoder, t.dropout)
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    history: list[dict] = []
-    best: dict | None = None
-    start = 1
-    out.mkdir(parents=True, exist_ok=True)
-    if previous is not None:
-        history, best, start = resume_state(previous, trained, optimizer, t.lr, out, read_decoder_header,
-                                            save_checkpoint, BEST_KEYS)
+    history, best, start = resume_state(previous, trained, optimizer, t.lr, out, read_decoder_header, save_checkpoint,
+                                        BEST_KEYS)
 
     # encode every frame once (sam2's image predictor, the way inference encodes a prompted frame)
     cache_dir = out / CACHE

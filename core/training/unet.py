@@ -58,13 +58,8 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     arch = dict(previous["arch"]) if previous else dict(DEFAULT_ARCH)
     model = build_unet(arch).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
-    history: list[dict] = []
-    best: dict | None = None
-    start = 1
-    out.mkdir(parents=True, exist_ok=True)
-    if previous is not None:
-        history, best, start = resume_state(previous, model, optimizer, t.lr, out, read_header, save_checkpoint,
-                                            BEST_KEYS)
+    history, best, start = resume_state(previous, model, optimizer, t.lr, out, read_header, save_checkpoint,
+                                        BEST_KEYS)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
 
     train_set = Samples(parts.train, t.img_size, augment=True, seed=t.seed)
