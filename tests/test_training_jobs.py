@@ -127,3 +127,21 @@ def test_cli_train_in_the_foreground_and_queued(tmp_path: Path):
 def test_cli_train_errors_are_one_line(tmp_path: Path, args, words):
     r = _cli(tmp_path, "train", *args)
     assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_one_optimisation_step_and_a_loss_that_is_no_longer_finite():
+    import torch
+
+    from core.errors import TrainingError
+    from core.training.runs import optimise
+
+    weight = torch.nn.Parameter(torch.tensor([1.0]))
+    optimizer = torch.optim.SGD([weight], lr=0.5)
+    assert optimise((weight * 2).sum(), optimizer, None, 1, 0.5) == 2.0
+    assert weight.item() == 0.0                                   # 1 - 0.5 * d(2w)/dw
+    scaler = torch.amp.GradScaler("cuda", enabled=False)          # the CPU path of the AMP trainers
+    optimise((weight * 2).sum() + 1, optimizer, scaler, 1, 0.5)
+    assert weight.item() == -1.0
+    with pytest.raises(TrainingError, match=r"loss became nan in epoch 3; lower train.lr \(now 0.5\)"):
+        optimise(weight.sum() * float("nan"), optimizer, None, 3, 0.5)
+    assert weight.item() == -1.0                                  # nothing stepped

@@ -31,7 +31,7 @@ from core.training.events import RANDOM_SAM2, EpochEnd, TrainFinished, TrainStar
 from core.training.matting_cache import CachedSamples, FeatureCache
 from core.training.matting_data import (BACKGROUNDS, backgrounds_folder, find_backgrounds, find_dataset,
                                         split)
-from core.training.runs import BEST, LAST, batches, previous_run, resume_state, save_epoch
+from core.training.runs import BEST, LAST, batches, previous_run, optimise, resume_state, save_epoch
 
 CACHE = "cache"
 CKPT_KEYS = ("kind", "format", "arch", "img_size", "epoch", "metrics", "sam2", "features", "train", "model", "reelmask")
@@ -136,14 +136,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
             with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
                 logits = model(rgb, mask, feats)
             loss = weighted_l1(logits, alpha, t.semi_weight)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingError(f"the loss became {value} in epoch {epoch}; lower train.lr "
-                                    f"(now {t.lr}) and start again with another --out")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            value = optimise(loss, optimizer, scaler, epoch, t.lr)
             step += 1
             loss_sum, seen = loss_sum + value * len(rgb), seen + len(rgb)
             yield TrainStep(epoch, step, total, value)

@@ -4,6 +4,7 @@ overwrite a run, resuming one, and the batch loop's cancel check. No torch at im
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -73,6 +74,24 @@ def save_epoch(out: Path, ckpt: dict, run: dict, best_now: bool, history: list[d
     if best_now:
         save(out / BEST, ckpt)
     write_lines(out / METRICS, history)
+
+
+def optimise(loss, optimizer, scaler, epoch: int, lr: float) -> float:
+    """One optimisation step on `loss` (through the mixed-precision `scaler` when given); returns the
+    loss value. A loss that is no longer finite stops the run, saying what to change."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise TrainingError(f"the loss became {value} in epoch {epoch}; lower train.lr "
+                            f"(now {lr}) and start again with another --out")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return value
 
 
 def batches(loader, should_stop: Callable[[], bool]) -> Iterator[object]:

@@ -21,7 +21,6 @@ val_miou per prompt kind. best.pt (lowest val_loss) loads with models.sam2_decod
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -34,7 +33,7 @@ from core.errors import Cancelled, TrainingError
 from core.models.sam2_decoder import FORMAT, KIND, base_identity, read_decoder_header
 from core.training.events import RANDOM_SAM2, EpochEnd, TrainFinished, TrainPrepare, TrainStarted, TrainStep
 from core.training.registry import with_kind_defaults
-from core.training.runs import BEST, LAST, METRICS, batches, previous_run, resume_state, save_epoch, write_lines
+from core.training.runs import BEST, LAST, METRICS, batches, previous_run, optimise, resume_state, save_epoch, write_lines
 from core.training.sam2_decoder_data import (DecoderSamples, cache_key, find_objects, plan_batches,
                                              unique_images)
 from core.training.unet_checkpoint import save_checkpoint
@@ -138,13 +137,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
         loader = DataLoader(train_set, batch_sampler=plan, **loader_options)
         for batch in batches(loader, should_stop):
             loss, _ = step_ctx.losses(batch, train=True)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingError(f"the loss became {value} in epoch {epoch}; lower train.lr "
-                                    f"(now {t.lr}) and start again with another --out")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            value = optimise(loss, optimizer, None, epoch, t.lr)
             step += 1
             n = len(batch[0])
             loss_sum, seen = loss_sum + value * n, seen + n

@@ -19,7 +19,7 @@ from core.errors import TrainingError
 from core.training.registry import with_kind_defaults
 from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
 from core.training.unet_checkpoint import FORMAT, KIND, load_checkpoint, read_header, save_checkpoint
-from core.training.runs import BEST, LAST, batches, previous_run, resume_state, save_epoch
+from core.training.runs import BEST, LAST, batches, previous_run, optimise, resume_state, save_epoch
 from core.training.unet_data import Samples, find_dataset, split
 
 # what best.pt keeps of last.pt
@@ -81,14 +81,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
             with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
                 logits = model(x)
             loss = segmentation_loss(logits, y)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingError(f"the loss became {value} in epoch {epoch}; lower train.lr "
-                                    f"(now {t.lr}) and start again with another --out")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            value = optimise(loss, optimizer, scaler, epoch, t.lr)
             step += 1
             loss_sum, seen = loss_sum + value * len(x), seen + len(x)
             yield TrainStep(epoch, step, total, value)
