@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import typing
@@ -26,9 +27,13 @@ from core.errors import ConfigError
 CONFIG_ENV = "REELMASK_CONFIG"
 
 
-def _key(default: Any, help: str, **extra: Any) -> Any:
-    """Declare a config key with its default and a one-line meaning."""
-    meta = {"help": help, **extra}
+def _key(default: Any, help: str, *, job: bool = False, lo: float | None = None, hi: float | None = None) -> Any:
+    """Declare a config key with its default and a one-line meaning.
+
+    `job`: a folder's job.toml (or prompts.json) may set it; every other key belongs to the daemon's
+    owner. `lo`/`hi`: the inclusive range of a number, or the most entries of a list.
+    """
+    meta = {"help": help, "job": job, "lo": lo, "hi": hi}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -36,17 +41,19 @@ def _key(default: Any, help: str, **extra: Any) -> Any:
 
 @dataclass(frozen=True)
 class InboxSpec:
-    """One watched folder and the mode its folders get when nothing else decides."""
+    """One watched folder, the mode its folders get when nothing else decides, and whether its
+    folders' job.toml may set any key (trusted) or only job-scope keys."""
 
     path: str
     mode: str = ""
+    trusted: bool = False
 
 
 @dataclass(frozen=True)
 class PathsConfig:
-    inboxes: tuple[str, ...] = _key(["inbox"], "folders watched for new frame folders")
+    inboxes: tuple[str, ...] = _key(["inbox"], "folders watched for new frame folders (untrusted: job.toml may set job-scope keys only)")
     inbox: tuple[InboxSpec, ...] = _key(
-        [], "extra inboxes with their own default mode: [[paths.inbox]] path = ..., mode = ..."
+        [], "extra inboxes: [[paths.inbox]] path = ..., mode = ..., trusted = false (true lifts the job.toml allow-list)"
     )
     outbox: str = _key("outbox", "where results appear, one folder per job")
     done: str = _key("done", "where inputs go after a successful job")
@@ -58,9 +65,9 @@ class PathsConfig:
 
 @dataclass(frozen=True)
 class WatchConfig:
-    settle_seconds: float = _key(5.0, "a folder without .ready is complete after this many quiet seconds")
+    settle_seconds: float = _key(5.0, "a folder without .ready is complete after this many quiet seconds", lo=0, hi=86400)
     polling: bool = _key(False, "poll the file system instead of OS events (network shares)")
-    poll_interval: float = _key(1.0, "seconds between scans when polling")
+    poll_interval: float = _key(1.0, "seconds between scans when polling", lo=0.01, hi=3600)
 
 
 @dataclass(frozen=True)
@@ -68,123 +75,167 @@ class ModelsConfig:
     sam2: str = _key("sam2.1_hiera_tiny", "SAM2 variant name (see `reelmask models list`) or a checkpoint path")
     sam2_weights: str = _key("auto", '"auto" = cached official checkpoint, downloaded on first use; "random" = untrained weights for tests')
     sam2_arch: str = _key("auto", 'architecture of a checkpoint given by path: "auto" reads it from the weights, or a variant name')
-    image_size: int = _key(1024, "SAM2 input size in pixels (multiple of 32); lower is faster and coarser")
+    image_size: int = _key(1024, "SAM2 input size in pixels (multiple of 32); lower is faster and coarser",
+                           job=True, lo=64, hi=2048)
     sam2_decoder: str = _key("", "fine-tuned mask decoder (best.pt from `reelmask train sam2-decoder`) used in every "
                                  "SAM2 mode; empty = SAM2's own")
-    yolo: str = _key("yolo11n.pt", "Ultralytics detector weights for detect mode")
+    yolo: str = _key("yolo11n.pt", "Ultralytics detector weights (.pt) for detect mode")
     device: str = _key("auto", '"auto" (CUDA if present, else CPU), "cpu", "cuda" or "cuda:N"')
     dtype: str = _key("auto", '"auto" (bfloat16 autocast on CUDA, float32 on CPU), "float32" or "bfloat16"')
-    seed: int = _key(0, "random seed for random weights and sampling")
+    seed: int = _key(0, "random seed for random weights and sampling", job=True, lo=0, hi=2**31 - 1)
     unet: str = _key("", "trained U-Net checkpoint (best.pt from `reelmask train unet`) for unet mode")
-    unet_threshold: float = _key(0.5, "unet mode: a pixel is the object where the U-Net's probability is above this")
+    unet_threshold: float = _key(0.5, "unet mode: a pixel is the object where the U-Net's probability is above this",
+                                 job=True, lo=0, hi=1)
     matting: str = _key("", "trained matting refiner (best.pt from `reelmask train matting`); empty = the classical solver")
 
 
 @dataclass(frozen=True)
 class ChunkingConfig:
-    chunk_size: int = _key(100, "frames per SAM2 inference state; bounds memory whatever the video length")
-    overlap: int = _key(1, "frames shared by neighbouring chunks; the hand-over mask sits on the first shared frame")
-    anchor_prompts: bool = _key(True, "re-add each object's latest user prompt frame as conditioning memory in later chunks")
-    prefetch: int = _key(6, "frames decoded ahead of SAM2 by a background thread")
+    chunk_size: int = _key(100, "frames per SAM2 inference state; bounds memory whatever the video length",
+                           job=True, lo=2, hi=2000)
+    overlap: int = _key(1, "frames shared by neighbouring chunks; the hand-over mask sits on the first shared frame",
+                        job=True, lo=0, hi=1999)
+    anchor_prompts: bool = _key(True, "re-add each object's latest user prompt frame as conditioning memory in later chunks",
+                                job=True)
+    prefetch: int = _key(6, "frames decoded ahead of SAM2 by a background thread", job=True, lo=0, hi=64)
 
 
 @dataclass(frozen=True)
 class DetectConfig:
-    classes: tuple[str, ...] = _key([], "COCO class names or ids to detect; empty = every class")
-    min_confidence: float = _key(0.5, "detections below this confidence are ignored")
-    stride: int = _key(5, "YOLO looks at every Nth frame of a chunk (and always at its first frame)")
-    match_iou: float = _key(0.3, "a detection continues an object when its box overlaps the object's mask this much")
-    lost_chunks: int = _key(2, "an object no detection confirms for this many chunks in a row ends")
-    max_objects: int = _key(20, "at most this many objects tracked at once (the most confident detections win)")
-    imgsz: int = _key(640, "YOLO input size")
+    classes: tuple[str, ...] = _key([], "COCO class names or ids to detect; empty = every class", job=True, hi=100)
+    min_confidence: float = _key(0.5, "detections below this confidence are ignored", job=True, lo=0, hi=1)
+    stride: int = _key(5, "YOLO looks at every Nth frame of a chunk (and always at its first frame)",
+                       job=True, lo=1, hi=10000)
+    match_iou: float = _key(0.3, "a detection continues an object when its box overlaps the object's mask this much",
+                            job=True, lo=0, hi=1)
+    lost_chunks: int = _key(2, "an object no detection confirms for this many chunks in a row ends",
+                            job=True, lo=1, hi=10000)
+    max_objects: int = _key(20, "at most this many objects tracked at once (the most confident detections win)",
+                            job=True, lo=1, hi=255)
+    imgsz: int = _key(640, "YOLO input size", job=True, lo=32, hi=2048)
     parallel_chunks: int = _key(1, "chunks with their own detections run this many at a time, each from its own "
-                                   "prompts, linked by overlap afterwards; 1 = one after another with hand-over")
-    self_train: bool = _key(False, "train the detector on SAM2 masks of the first frames (objects from prompts.json) first")
-    train_frames: int = _key(250, "self-training: how many first frames become the detector's dataset")
-    train_epochs: int = _key(300, "self-training: YOLO epochs")
-    train_patience: int = _key(50, "self-training: stop after this many epochs without improvement")
-    train_imgsz: int = _key(640, "self-training: YOLO training image size")
-    train_batch: int = _key(16, "self-training: YOLO batch size")
+                                   "prompts, linked by overlap afterwards; 1 = one after another with hand-over",
+                                lo=1, hi=32)
+    self_train: bool = _key(False, "train the detector on SAM2 masks of the first frames (objects from prompts.json) first",
+                            job=True)
+    train_frames: int = _key(250, "self-training: how many first frames become the detector's dataset",
+                             job=True, lo=2, hi=100000)
+    train_epochs: int = _key(300, "self-training: YOLO epochs", job=True, lo=1, hi=1000)
+    train_patience: int = _key(50, "self-training: stop after this many epochs without improvement",
+                               job=True, lo=1, hi=1000)
+    train_imgsz: int = _key(640, "self-training: YOLO training image size", job=True, lo=32, hi=2048)
+    train_batch: int = _key(16, "self-training: YOLO batch size", job=True, lo=1, hi=256)
 
 
 @dataclass(frozen=True)
 class PromptlessConfig:
-    keyframe_every: int = _key(25, "automatic masks on frame 0 and every Nth frame; new regions become objects")
-    points_per_side: int = _key(32, "automatic mask generator: grid of points per image side")
-    pred_iou_thresh: float = _key(0.8, "automatic mask generator: keep masks SAM2 rates at least this good")
-    stability_thresh: float = _key(0.95, "automatic mask generator: keep masks at least this stable")
-    min_area: int = _key(100, "regions smaller than this many pixels are not objects")
-    max_objects: int = _key(50, "at most this many objects per video")
-    merge_iou: float = _key(0.9, "candidate regions overlapping more than this are one object")
-    covered: float = _key(0.5, "a region this much inside already tracked objects is not new")
+    keyframe_every: int = _key(25, "automatic masks on frame 0 and every Nth frame; new regions become objects",
+                               job=True, lo=1, hi=100000)
+    points_per_side: int = _key(32, "automatic mask generator: grid of points per image side", job=True, lo=1, hi=64)
+    pred_iou_thresh: float = _key(0.8, "automatic mask generator: keep masks SAM2 rates at least this good",
+                                  job=True, lo=0, hi=1)
+    stability_thresh: float = _key(0.95, "automatic mask generator: keep masks at least this stable",
+                                   job=True, lo=0, hi=1)
+    min_area: int = _key(100, "regions smaller than this many pixels are not objects", job=True, lo=0, hi=100_000_000)
+    max_objects: int = _key(50, "at most this many objects per video", job=True, lo=1, hi=255)
+    merge_iou: float = _key(0.9, "candidate regions overlapping more than this are one object", job=True, lo=0, hi=1)
+    covered: float = _key(0.5, "a region this much inside already tracked objects is not new", job=True, lo=0, hi=1)
 
 
 @dataclass(frozen=True)
 class RefineConfig:
-    keyframe_every: int = _key(10, "use every Nth frame that has a mask in masks/ as a keyframe")
-    prompt: str = _key("points", '"points" (sampled inside each mask component, as the seed does) or "mask"')
-    max_points: int = _key(64, "cap on the max(10, 1% of area) points sampled per component")
-    filter_threshold: float = _key(0.08, "with diffs/: components whose mean difference (0..1) is below this are dropped")
-    min_area: int = _key(50, "mask components smaller than this many pixels are ignored")
-    max_objects: int = _key(100, "at most this many objects per video")
-    merge_iou: float = _key(0.9, "components overlapping more than this are one object")
-    covered: float = _key(0.5, "a component this much inside already tracked objects is not new")
+    keyframe_every: int = _key(10, "use every Nth frame that has a mask in masks/ as a keyframe",
+                               job=True, lo=1, hi=100000)
+    prompt: str = _key("points", '"points" (sampled inside each mask component, as the seed does) or "mask"', job=True)
+    max_points: int = _key(64, "cap on the max(10, 1% of area) points sampled per component", job=True, lo=1, hi=1000)
+    filter_threshold: float = _key(0.08, "with diffs/: components whose mean difference (0..1) is below this are dropped",
+                                   job=True, lo=0, hi=1)
+    min_area: int = _key(50, "mask components smaller than this many pixels are ignored", job=True, lo=0, hi=100_000_000)
+    max_objects: int = _key(100, "at most this many objects per video", job=True, lo=1, hi=255)
+    merge_iou: float = _key(0.9, "components overlapping more than this are one object", job=True, lo=0, hi=1)
+    covered: float = _key(0.5, "a component this much inside already tracked objects is not new", job=True, lo=0, hi=1)
 
 
 @dataclass(frozen=True)
 class OutputConfig:
-    preview: bool = _key(True, "write preview.mp4 with the masks drawn over the frames")
-    preview_fps: float = _key(25.0, "frame rate of preview.mp4")
-    preview_max_side: int = _key(960, "longest side of preview.mp4 in pixels (frames are scaled down to fit)")
-    preview_opacity: float = _key(0.5, "opacity of the mask colours in preview.mp4 (0..1)")
-    fill_hole_area: int = _key(8, "fill background holes up to this many pixels (at SAM2 mask resolution) inside masks; 0 = off")
+    preview: bool = _key(True, "write preview.mp4 with the masks drawn over the frames", job=True)
+    preview_fps: float = _key(25.0, "frame rate of preview.mp4", job=True, lo=0.1, hi=240)
+    preview_max_side: int = _key(960, "longest side of preview.mp4 in pixels (frames are scaled down to fit)",
+                                 job=True, lo=16, hi=4096)
+    preview_opacity: float = _key(0.5, "opacity of the mask colours in preview.mp4 (0..1)", job=True, lo=0, hi=1)
+    fill_hole_area: int = _key(8, "fill background holes up to this many pixels (at SAM2 mask resolution) inside masks; 0 = off",
+                               job=True, lo=0, hi=1_000_000)
     overwrite: bool = _key(False, "replace an existing output folder instead of refusing")
 
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    devices: tuple[str, ...] = _key(["auto"], 'one worker per entry, each running one job at a time: "auto", "cpu", "cuda:0", ...')
-    tick_seconds: float = _key(0.5, "how often the daemon looks at inboxes and commands")
-    progress_seconds: float = _key(0.5, "at most one progress write per job per this many seconds")
-    sample_seconds: float = _key(2.0, "how often GPU / memory use is sampled for the dashboard")
-    stop_seconds: float = _key(8.0, "on SIGTERM, how long a running job may take to reach a checkpoint")
+    devices: tuple[str, ...] = _key(["auto"], 'one worker per entry, each running one job at a time: "auto", "cpu", "cuda:0", ...',
+                                    hi=64)
+    tick_seconds: float = _key(0.5, "how often the daemon looks at inboxes and commands", lo=0.01, hi=60)
+    progress_seconds: float = _key(0.5, "at most one progress write per job per this many seconds", lo=0.01, hi=60)
+    sample_seconds: float = _key(2.0, "how often GPU / memory use is sampled for the dashboard", lo=0.01, hi=3600)
+    stop_seconds: float = _key(8.0, "on SIGTERM, how long a running job may take to reach a checkpoint", lo=0, hi=3600)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_frames: int = _key(100_000, "frames per job; a folder with more fails before anything is decoded", lo=1)
+    max_frame_pixels: int = _key(40_000_000, "width x height of a frame or mask, read from the file header before "
+                                             "decoding (8K UHD is 33 million)", lo=1)
+    max_files: int = _key(250_000, "files and folders in one input folder's tree", lo=1)
+    max_prompts_bytes: int = _key(1_048_576, "size of prompts.json in bytes", lo=2)
+    max_job_toml_bytes: int = _key(65_536, "size of job.toml in bytes", lo=1)
+    max_prompts: int = _key(10_000, "entries in prompts.json's objects list", lo=1)
+    max_objects: int = _key(255, "distinct object ids in prompts.json (ids are 1..255)", lo=1, hi=255)
+    max_points_per_object: int = _key(1_000, "points given for one object over all its prompts", lo=1)
+    min_free_mb: int = _key(200, "a job is claimed only when work, outbox and failed each have this much free space "
+                                 "(MiB); 0 = no check", lo=0)
 
 
 @dataclass(frozen=True)
 class MattingConfig:
-    classes: tuple[str, ...] = _key(["person"], "matting mode without prompts or masks/: detect these classes (as detect mode does)")
-    band: float = _key(0.02, "trimap: width of the unknown band on each side of the mask edge, as a share of the shorter image side")
-    solver: str = _key("cf", "classical alpha solver (pymatting): cf (closed form), knn, lkm, rw (random walk) or sm (shared)")
-    solve_max_side: int = _key(1024, "frames larger than this are matted at this size (longest side) and the alpha scaled back")
-    sample_weight: float = _key(0.01, "cf solver: pull of shared matting's per-pixel sampled alpha against the closed-form smoothness (0 = plain closed form; helps thin strands)")
-    foreground: bool = _key(False, "also write foreground/<stem>.png: RGBA cut-outs with estimated foreground colour")
-    temporal: float = _key(0.3, "learned refiner: weight of the previous frame's alpha in the unknown band (0 = none)")
+    classes: tuple[str, ...] = _key(["person"], "matting mode without prompts or masks/: detect these classes (as detect mode does)",
+                                    job=True, hi=100)
+    band: float = _key(0.02, "trimap: width of the unknown band on each side of the mask edge, as a share of the shorter image side",
+                       job=True, lo=0, hi=0.5)
+    solver: str = _key("cf", "classical alpha solver (pymatting): cf (closed form), knn, lkm, rw (random walk) or sm (shared)",
+                       job=True)
+    solve_max_side: int = _key(1024, "frames larger than this are matted at this size (longest side) and the alpha scaled back",
+                               job=True, lo=64, hi=4096)
+    sample_weight: float = _key(0.01, "cf solver: pull of shared matting's per-pixel sampled alpha against the closed-form smoothness (0 = plain closed form; helps thin strands)",
+                                job=True, lo=0, hi=100)
+    foreground: bool = _key(False, "also write foreground/<stem>.png: RGBA cut-outs with estimated foreground colour", job=True)
+    temporal: float = _key(0.3, "learned refiner: weight of the previous frame's alpha in the unknown band (0 = none)",
+                           job=True, lo=0, hi=1)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     out: str = _key("runs", "where `reelmask train` puts a run without --out: <out>/<kind>-<dataset name>")
     epochs: int = _key(0, "passes over the training set; 0 = the kind's default (unet, matting, yolo 20; "
-                          "sam2-decoder 15)")
+                          "sam2-decoder 15)", lo=0, hi=100_000)
     lr: float = _key(0.0, "learning rate; 0 = the kind's default (unet, matting 1e-4; sam2-decoder 1e-5; "
-                          "yolo: Ultralytics' own)")
+                          "yolo: Ultralytics' own)", lo=0, hi=10)
     batch_size: int = _key(0, "images per optimisation step; 0 = the kind's default (unet, matting, yolo 8; "
-                              "sam2-decoder 4)")
+                              "sam2-decoder 4)", lo=0, hi=4096)
     img_size: int = _key(0, "training images are resized to this square size (pixels); 0 = the kind's default "
-                            "(unet, matting, yolo 640; sam2-decoder trains at models.image_size)")
-    workers: int = _key(4, "data loading processes (0 = load in the training process)")
-    val_fraction: float = _key(0.2, "without a test/ folder, this share of the videos (or frames) is held out for validation")
-    seed: int = _key(0, "random seed for the split, augmentation and initial weights")
-    frame_every: int = _key(10, "matting: train on every Nth frame of each clip (the seed's 10x speed-up)")
-    semi_weight: float = _key(10.0, "matting: L1 loss weight where the ground-truth alpha is semi-transparent")
+                            "(unet, matting, yolo 640; sam2-decoder trains at models.image_size)", lo=0, hi=4096)
+    workers: int = _key(4, "data loading processes (0 = load in the training process)", lo=0, hi=256)
+    val_fraction: float = _key(0.2, "without a test/ folder, this share of the videos (or frames) is held out for validation",
+                               lo=0, hi=1)
+    seed: int = _key(0, "random seed for the split, augmentation and initial weights", lo=0, hi=2**31 - 1)
+    frame_every: int = _key(10, "matting: train on every Nth frame of each clip (the seed's 10x speed-up)", lo=1, hi=100_000)
+    semi_weight: float = _key(10.0, "matting: L1 loss weight where the ground-truth alpha is semi-transparent", lo=0, hi=10_000)
     backgrounds: str = _key("", "matting: folder of background images/videos for composites; empty = DATA/backgrounds")
-    weight_decay: float = _key(0.01, "sam2-decoder: AdamW weight decay")
-    dropout: float = _key(0.1, "sam2-decoder: dropout in the mask decoder's attention while training")
-    patience: int = _key(3, "sam2-decoder: stop when val_loss has not improved for this many epochs (0 = never)")
+    weight_decay: float = _key(0.01, "sam2-decoder: AdamW weight decay", lo=0, hi=10)
+    dropout: float = _key(0.1, "sam2-decoder: dropout in the mask decoder's attention while training", lo=0, hi=1)
+    patience: int = _key(3, "sam2-decoder: stop when val_loss has not improved for this many epochs (0 = never)",
+                         lo=0, hi=100_000)
     prompt_encoder: bool = _key(False, "sam2-decoder: also train SAM2's prompt encoder (the image encoder stays frozen)")
     prompts: tuple[str, ...] = _key(["box", "point", "points"],
                                     "sam2-decoder: prompts sampled from the masks: box (jittered), point (one click), "
-                                    "points (2-4 clicks, some negative)")
+                                    "points (2-4 clicks, some negative)", hi=3)
 
 
 SECTIONS: dict[str, type] = {
@@ -199,6 +250,7 @@ SECTIONS: dict[str, type] = {
     "daemon": DaemonConfig,
     "matting": MattingConfig,
     "train": TrainConfig,
+    "limits": LimitsConfig,
 }
 
 
@@ -215,6 +267,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     matting: MattingConfig = field(default_factory=MattingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     base_dir: Path = field(default_factory=Path.cwd, compare=False)
     source: str = field(default="defaults", compare=False)
 
@@ -235,6 +288,11 @@ class Config:
         """Every configured inbox: plain `inboxes` entries first, then `[[paths.inbox]]` tables."""
         return [InboxSpec(p) for p in self.paths.inboxes] + list(self.paths.inbox)
 
+    def inbox_of(self, folder: str | os.PathLike[str]) -> InboxSpec | None:
+        """The configured inbox a dropped folder sits in (its parent), if any."""
+        parent = Path(folder).parent.resolve()
+        return next((s for s in self.inbox_specs() if self.path(s.path).resolve() == parent), None)
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
@@ -250,6 +308,24 @@ def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
 
+def job_keys() -> list[str]:
+    """The keys a folder's job.toml may set (the allow-list); every other key is the daemon owner's."""
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.metadata["job"]]
+
+
+def job_keys_summary() -> str:
+    """The allow-list in a few words: `chunking.*` for a section that is all job-scope, else the keys."""
+    parts = []
+    for sname, cls in SECTIONS.items():
+        fields = dataclasses.fields(cls)
+        allowed = [f.name for f in fields if f.metadata["job"]]
+        if allowed and len(allowed) == len(fields):
+            parts.append(f"{sname}.*")
+        elif allowed:
+            parts.append(", ".join(f"{sname}.{name}" for name in allowed))
+    return ", ".join(parts)
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -263,47 +339,67 @@ def _type_name(tp: Any) -> str:
     if tp == tuple[str, ...]:
         return "list of strings"
     if tp == tuple[InboxSpec, ...]:
-        return "list of tables {path, mode}"
+        return "list of tables {path, mode, trusted}"
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(key: str, tp: Any, value: Any, origin: str) -> Any:
-    """Check one value against its declared type; ints are accepted where floats are."""
+_MAX_STRING = 4096  # no config string (a class name, a path) is longer
+
+
+def _coerce(key: str, tp: Any, value: Any, origin: str, meta: Mapping[str, Any]) -> Any:
+    """Check one value against its declared type and range; ints are accepted where floats are."""
     where = f"{key} in {origin}"
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if tp in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if tp is int and not isinstance(value, int):
+            raise ConfigError(f"{where} must be a whole number (int), got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f"between {_num(lo)} and {_num(hi)}" if lo is not None and hi is not None else (
+                f"at least {_num(lo)}" if lo is not None else f"at most {_num(hi)}")
+            raise ConfigError(f"{where} must be {bounds}, got {_num(value)}")
+        return float(value) if tp is float else value
     if tp is bool:
         if isinstance(value, bool):
             return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
     elif tp is str:
         if isinstance(value, str):
+            if len(value) > _MAX_STRING:
+                raise ConfigError(f"{where} is {len(value)} characters long; at most {_MAX_STRING} are allowed")
             return value
     elif tp == tuple[str, ...]:
         if isinstance(value, str):
             value = [value]
         if isinstance(value, list) and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+            if hi is not None and len(value) > hi:
+                raise ConfigError(f"{where} lists {len(value)} entries; at most {hi} are allowed")
+            if any(len(str(v)) > _MAX_STRING for v in value):
+                raise ConfigError(f"{where} has an entry longer than {_MAX_STRING} characters")
             return tuple(str(v) for v in value)
     elif tp == tuple[InboxSpec, ...]:
         if isinstance(value, list) and all(isinstance(v, dict) for v in value):
             specs = []
             for i, item in enumerate(value):
-                unknown = set(item) - {"path", "mode"}
-                if unknown or not isinstance(item.get("path"), str) or not isinstance(item.get("mode", ""), str):
+                unknown = set(item) - {"path", "mode", "trusted"}
+                if unknown or not isinstance(item.get("path"), str) or not isinstance(item.get("mode", ""), str) \
+                        or not isinstance(item.get("trusted", False), bool):
                     raise ConfigError(
-                        f"{where}: entry {i} must be a table with a string 'path' and an optional string "
-                        f"'mode', got {item!r}"
+                        f"{where}: entry {i} must be a table with a string 'path', an optional string 'mode' "
+                        f"and an optional 'trusted' = true/false, got {item!r}"
                     )
-                specs.append(InboxSpec(item["path"], item.get("mode", "")))
+                specs.append(InboxSpec(item["path"], item.get("mode", ""), item.get("trusted", False)))
             return tuple(specs)
     raise ConfigError(f"{where} must be a {_type_name(tp)}, got {value!r}")
 
 
-def _apply(base: Config, data: Mapping[str, Any], origin: str) -> Config:
-    """Return `base` with the sections/keys of a parsed TOML mapping applied."""
+def _num(value: Any) -> str:
+    return f"{value:,}".replace(",", "_") if isinstance(value, int) and abs(value) >= 100_000 else str(value)
+
+
+def _apply(base: Config, data: Mapping[str, Any], origin: str, job_scope: bool = False) -> Config:
+    """Return `base` with the sections/keys of a parsed TOML mapping applied. With `job_scope` (a
+    folder's job.toml) only the allow-listed keys may be set."""
     sections = list(SECTIONS)
     replaced: dict[str, Any] = {}
     for sname, values in data.items():
@@ -313,13 +409,21 @@ def _apply(base: Config, data: Mapping[str, Any], origin: str) -> Config:
             raise ConfigError(f"[{sname}] in {origin} must be a table of keys, got {values!r}")
         cls = SECTIONS[sname]
         types = _field_types(cls)
+        meta = {f.name: f.metadata for f in dataclasses.fields(cls)}
         changes = {}
         for k, v in values.items():
             if k not in types:
                 raise ConfigError(
                     f"unknown key '{sname}.{k}' in {origin}{_suggest(f'{sname}.{k}', all_keys())}"
                 )
-            changes[k] = _coerce(f"{sname}.{k}", types[k], v, origin)
+            if job_scope and not meta[k]["job"]:
+                raise ConfigError(
+                    f"{origin} sets {sname}.{k}, which a dropped folder may not set: only the daemon's owner "
+                    f"can (config.toml or --set). Remove it from job.toml. A folder may set {job_keys_summary()}; "
+                    "an inbox whose folders are all the owner's own can be marked trusted "
+                    "([[paths.inbox]] trusted = true) to lift this"
+                )
+            changes[k] = _coerce(f"{sname}.{k}", types[k], v, origin, meta[k])
         replaced[sname] = dataclasses.replace(replaced.get(sname, getattr(base, sname)), **changes)
     return dataclasses.replace(base, **replaced)
 
@@ -349,90 +453,67 @@ def parse_sets(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; check the path given to --config") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from e
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    return parse_toml(text, path)
+
+
+def parse_toml(text: str, path: Path) -> dict[str, Any]:
+    """TOML text of `path` as a mapping; a syntax error names the file, line and column."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+    except RecursionError as e:  # arrays nested thousands deep
+        raise ConfigError(f"{path} is nested too deeply to be a config file") from e
+    except ValueError as e:  # e.g. an integer of thousands of digits
+        raise ConfigError(f"{path} holds a value TOML cannot hold here ({str(e)[:120]}); use plain numbers") from e
 
 
 def _validate(cfg: Config) -> Config:
+    """Checks that span keys or exclude an end of a range; each key's own range is checked as it is read."""
     c = cfg.chunking
-    if c.chunk_size < 2:
-        raise ConfigError(f"chunking.chunk_size must be at least 2, got {c.chunk_size}")
-    if not 0 <= c.overlap < c.chunk_size:
+    if c.overlap >= c.chunk_size:
         raise ConfigError(
             f"chunking.overlap must be between 0 and chunk_size - 1 ({c.chunk_size - 1}), got {c.overlap}"
         )
-    if c.prefetch < 0:
-        raise ConfigError(f"chunking.prefetch must be 0 or more, got {c.prefetch}")
     m = cfg.models
-    if m.image_size < 64 or m.image_size % 32:
+    if m.image_size % 32:
         raise ConfigError(f"models.image_size must be a multiple of 32 and at least 64, got {m.image_size}")
     if m.dtype not in ("auto", "float32", "bfloat16"):
         raise ConfigError(f'models.dtype must be "auto", "float32" or "bfloat16", got "{m.dtype}"')
     if not (m.device in ("auto", "cpu", "cuda", "mps") or m.device.startswith("cuda:")):
         raise ConfigError(f'models.device must be "auto", "cpu", "cuda" or "cuda:N", got "{m.device}"')
-    dc = cfg.detect
-    if not 0.0 <= dc.min_confidence <= 1.0 or not 0.0 < dc.match_iou <= 1.0:
-        raise ConfigError(f"detect.min_confidence and detect.match_iou must be between 0 and 1, "
-                          f"got {dc.min_confidence} and {dc.match_iou}")
-    if dc.train_frames < 2 or dc.train_epochs < 1 or dc.train_patience < 1 or dc.train_imgsz < 32 or dc.train_batch < 1:
-        raise ConfigError("detect.train_frames must be >= 2, detect.train_epochs, train_patience, train_batch >= 1 "
-                          "and detect.train_imgsz >= 32")
-    if dc.stride < 1 or dc.lost_chunks < 1 or dc.imgsz < 32 or dc.max_objects < 1:
-        raise ConfigError(f"detect.stride, detect.lost_chunks and detect.max_objects must be >= 1 and "
-                          f"detect.imgsz >= 32, got {dc.stride}, {dc.lost_chunks}, {dc.max_objects}, {dc.imgsz}")
+    if not 0.0 < m.unet_threshold < 1.0:
+        raise ConfigError(f"models.unet_threshold must be in (0, 1), got {m.unet_threshold}")
+    if cfg.detect.match_iou <= 0:
+        raise ConfigError(f"detect.match_iou must be above 0 (and at most 1), got {cfg.detect.match_iou}")
     t = cfg.train
-    if t.epochs < 0 or t.batch_size < 0 or t.img_size < 0 or (t.img_size and (t.img_size < 32 or t.img_size % 32)) \
-            or t.workers < 0 or t.lr < 0:
-        raise ConfigError(f"train.epochs, train.batch_size and train.lr must be >= 0 (0 = the kind's default), "
-                          f"train.img_size 0 or a multiple of 32 (>= 32) and train.workers >= 0; got {t.epochs}, "
-                          f"{t.batch_size}, {t.lr}, {t.img_size}, {t.workers}")
-    if not 0.0 <= t.dropout < 1.0 or t.weight_decay < 0 or t.patience < 0:
-        raise ConfigError(f"train.dropout must be in [0, 1), train.weight_decay and train.patience >= 0; got "
-                          f"{t.dropout}, {t.weight_decay}, {t.patience}")
+    if t.img_size and (t.img_size < 32 or t.img_size % 32):
+        raise ConfigError(f"train.img_size must be 0 (the kind's default) or a multiple of 32 (>= 32), got {t.img_size}")
+    if t.dropout >= 1.0 or t.val_fraction >= 1.0 or t.semi_weight <= 0:
+        raise ConfigError(f"train.dropout and train.val_fraction must be below 1 and train.semi_weight above 0; "
+                          f"got {t.dropout}, {t.val_fraction}, {t.semi_weight}")
     bad = [p for p in t.prompts if p not in ("box", "point", "points")]
     if bad or not t.prompts:
         raise ConfigError(f'train.prompts must list some of "box", "point", "points"; got {list(t.prompts)}')
-    if not 0.0 <= t.val_fraction < 1.0 or not 0.0 < cfg.models.unet_threshold < 1.0:
-        raise ConfigError(f"train.val_fraction must be in [0, 1) and models.unet_threshold in (0, 1), "
-                          f"got {t.val_fraction} and {cfg.models.unet_threshold}")
     mt = cfg.matting
-    if not 0.0 < mt.band < 0.5 or mt.solver not in ("cf", "knn", "lkm", "rw", "sm") or mt.solve_max_side < 64 \
-            or not 0.0 <= mt.temporal < 1.0:
-        raise ConfigError(f'matting.band must be in (0, 0.5), matting.solver one of "cf", "knn", "lkm", "rw", "sm", '
-                          f"matting.solve_max_side >= 64 and matting.temporal in [0, 1); got {mt.band}, "
-                          f'"{mt.solver}", {mt.solve_max_side}, {mt.temporal}')
-    if t.frame_every < 1 or t.semi_weight <= 0:
-        raise ConfigError(f"train.frame_every must be >= 1 and train.semi_weight > 0, got {t.frame_every}, {t.semi_weight}")
-    if not 1 <= dc.parallel_chunks <= 32:
-        raise ConfigError(f"detect.parallel_chunks must be between 1 and 32, got {dc.parallel_chunks}")
-    o = cfg.output
-    if o.preview_fps <= 0 or o.preview_max_side < 16 or not 0.0 <= o.preview_opacity <= 1.0 or o.fill_hole_area < 0:
-        raise ConfigError(
-            "output.preview_fps must be > 0, output.preview_max_side >= 16, output.preview_opacity in 0..1 "
-            f"and output.fill_hole_area >= 0; got {o.preview_fps}, {o.preview_max_side}, "
-            f"{o.preview_opacity}, {o.fill_hole_area}"
-        )
+    if not 0.0 < mt.band < 0.5 or mt.solver not in ("cf", "knn", "lkm", "rw", "sm") or mt.temporal >= 1.0:
+        raise ConfigError(f'matting.band must be in (0, 0.5), matting.solver one of "cf", "knn", "lkm", "rw", "sm" '
+                          f'and matting.temporal in [0, 1); got {mt.band}, "{mt.solver}", {mt.temporal}')
     for name in ("promptless", "refine"):
         k = getattr(cfg, name)
-        if k.keyframe_every < 1 or k.min_area < 0 or k.max_objects < 1 or not 0 < k.merge_iou <= 1 \
-                or not 0 < k.covered <= 1:
-            raise ConfigError(f"{name}.keyframe_every and {name}.max_objects must be >= 1, {name}.min_area >= 0, "
-                              f"{name}.merge_iou and {name}.covered in (0, 1]")
+        if k.merge_iou <= 0 or k.covered <= 0:
+            raise ConfigError(f"{name}.merge_iou and {name}.covered must be in (0, 1], got {k.merge_iou}, {k.covered}")
     if cfg.refine.prompt not in ("points", "mask"):
         raise ConfigError(f'refine.prompt must be "points" or "mask", got "{cfg.refine.prompt}"')
-    if cfg.refine.max_points < 1 or cfg.promptless.points_per_side < 1:
-        raise ConfigError("refine.max_points and promptless.points_per_side must be >= 1")
-    d = cfg.daemon
-    if not d.devices or min(d.tick_seconds, d.progress_seconds, d.sample_seconds) <= 0 or d.stop_seconds < 0:
-        raise ConfigError("daemon.devices must list at least one device and the daemon.*_seconds keys must be > 0")
-    if cfg.watch.settle_seconds < 0 or cfg.watch.poll_interval <= 0:
-        raise ConfigError("watch.settle_seconds must be >= 0 and watch.poll_interval > 0")
+    if not cfg.daemon.devices:
+        raise ConfigError("daemon.devices must list at least one device")
     return cfg
 
 
@@ -459,15 +540,20 @@ def load_config(
         cfg = _apply(cfg, read_toml(cfg_path), str(cfg_path))
         cfg = dataclasses.replace(cfg, base_dir=cfg_path.parent, source=str(cfg_path))
     if job_toml is not None and job_toml.is_file():
-        cfg = with_overrides(cfg, read_toml(job_toml), str(job_toml))
+        cfg = with_overrides(cfg, read_toml(job_toml), str(job_toml), job_scope=True)
     if sets:
         cfg = _apply(cfg, parse_sets(sets), "--set")
     return _validate(cfg)
 
 
-def with_overrides(cfg: Config, data: Mapping[str, Any], origin: str) -> Config:
-    """Apply a mapping of overrides (job.toml, --set) on top of a loaded config."""
-    return _validate(_apply(cfg, data, origin))
+def with_overrides(cfg: Config, data: Mapping[str, Any], origin: str, job_scope: bool = False) -> Config:
+    """Apply a mapping of overrides (job.toml, --set) on top of a loaded config; `job_scope` for a
+    folder's own job.toml, which may set only the allow-listed keys."""
+    applied = _apply(cfg, data, origin, job_scope)
+    try:
+        return _validate(applied)
+    except ConfigError as e:  # a check across keys: say where the value came from
+        raise ConfigError(f"{e} (set in {origin})") from None
 
 
 # ---------------------------------------------------------------- rendering config.toml
@@ -493,6 +579,8 @@ def render_toml() -> str:
         "# reelmask configuration. Every key is optional: a missing key keeps the default shown here.",
         "# Precedence: built-in defaults < this file < a job folder's job.toml < --set section.key=value.",
         "# Relative paths resolve against the folder of this file.",
+        "# Keys marked `job` may also be set by a dropped folder's job.toml; every other key only here or",
+        "# with --set (or by the folders of an inbox marked trusted). Numbers show their allowed range.",
     ]
     defaults = Config()
     for sname, cls in SECTIONS.items():
@@ -501,8 +589,7 @@ def render_toml() -> str:
         section = getattr(defaults, sname)
         for f in dataclasses.fields(cls):
             tp = types[f.name]
-            word = _TYPE_WORDS.get(tp) or ("list[str]" if tp == tuple[str, ...] else "list[table]")
-            lines.append(f"# ({word}) {f.metadata['help']}")
+            lines.append(f"# ({_describe(tp, f.metadata)}) {f.metadata['help']}")
             value = getattr(section, f.name)
             if tp == tuple[InboxSpec, ...]:
                 lines.append("# (see the [[paths.inbox]] example at the end of this file)")
@@ -510,9 +597,25 @@ def render_toml() -> str:
             lines.append(f"{f.name} = {_toml_value(value)}")
     lines += [
         "",
-        "# An inbox with its own default mode (used when a folder's sidecars do not decide):",
+        "# An inbox with its own default mode (used when a folder's sidecars do not decide); trusted = true",
+        "# lets its folders' job.toml set any key (only for folders the daemon's owner makes):",
         "# [[paths.inbox]]",
         '# path = "inbox/matting"',
         '# mode = "matting"',
+        "# trusted = false",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _describe(tp: Any, meta: Mapping[str, Any]) -> str:
+    """`int, 2..2000, job` for a key's comment line."""
+    word = _TYPE_WORDS.get(tp) or ("list[str]" if tp == tuple[str, ...] else "list[table]")
+    lo, hi = meta["lo"], meta["hi"]
+    parts = [word]
+    if tp in (int, float) and (lo is not None or hi is not None):
+        parts.append(f"{_num(lo) if lo is not None else ''}..{_num(hi) if hi is not None else ''}")
+    elif hi is not None:
+        parts.append(f"at most {hi}")
+    if meta["job"]:
+        parts.append("job")
+    return ", ".join(parts)
