@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from core.errors import ModelError, ReelmaskError
+from core.models.yolo import torch_threads_kept
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +84,25 @@ def train_detector(base: Path, data_yaml: Path, out_dir: Path, s: TrainSettings,
     """Fine-tune `base` on the dataset into out_dir/name; returns the best weights. `callbacks` are
     Ultralytics callbacks (event name -> fn(trainer)); a ReelmaskError raised by one passes through.
     With `resume`, `base` is the run's own weights/last.pt and training continues from it."""
-    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    from ultralytics import YOLO
+    from core.models.safe_load import verified_copy
 
-    model = YOLO(str(base), task="detect")
-    for event, fn in (callbacks or {}).items():
-        model.add_callback(event, fn)
-    options = {"optimizer": "AdamW", "lr0": s.lr0} if s.lr0 is not None else {}
-    try:
-        with _quiet_ultralytics():
-            _fit(model, data_yaml, out_dir, s, name, resume, options)
-    except ReelmaskError:
-        raise
-    except Exception as e:
-        raise ModelError(f"YOLO training on {data_yaml.parent} failed: {e}") from e
+    # Ultralytics' trainer loads the weights again by itself, unrestricted (a resume reloads the checkpoint and
+    # its optimizer from `checked`); `checked` is our private copy of bytes that passed the restricted load, so
+    # that is all it can unpickle of ours. The files it writes during the run (last.pt, best.pt) it reloads itself.
+    with torch_threads_kept(), verified_copy(base) as checked:
+        from ultralytics import YOLO
+
+        model = YOLO(str(checked), task="detect")
+        for event, fn in (callbacks or {}).items():
+            model.add_callback(event, fn)
+        options = {"optimizer": "AdamW", "lr0": s.lr0} if s.lr0 is not None else {}
+        try:
+            with _quiet_ultralytics():
+                _fit(model, data_yaml, out_dir, s, name, resume, options)
+        except ReelmaskError:
+            raise
+        except Exception as e:
+            raise ModelError(f"YOLO training on {data_yaml.parent} failed: {e}") from e
     weights = out_dir / name / "weights"
     for name in ("best.pt", "last.pt"):
         if (weights / name).is_file():

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from core.config import Config
-from core.errors import Cancelled, TrainingError
+from core.errors import Cancelled, ModelError, TrainingError
 from core.training.registry import with_kind_defaults
 from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
 from core.training.runs import BEST, LAST, METRICS, read_lines, refuse_existing, write_lines
@@ -196,11 +196,11 @@ def _previous_run(out: Path, resume: bool, run_last: Path) -> bool:
 
 def _finished(run_last: Path) -> bool:
     """Ultralytics strips the optimizer from last.pt when a run ends (epoch -1): nothing left to resume."""
-    import torch
+    from core.models.safe_load import load_checkpoint
 
     try:
-        ckpt = torch.load(run_last, map_location="cpu", weights_only=False)
-    except Exception as e:
+        ckpt = load_checkpoint(run_last)
+    except ModelError as e:
         raise TrainingError(f"cannot resume from {run_last} ({e}); choose another --out to start over") from e
     return ckpt.get("epoch", -1) == -1 or ckpt.get("optimizer") is None
 
