@@ -60,6 +60,13 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default: <outbox>/<folder name>)")
     p.add_argument("--mode", help="track, detect, promptless, refine, matting or unet (default: chosen from the folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _trust_arg(p)
+
+
+def _trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-folder", action="store_true",
+                   help="the folder is your own: its job.toml may set any key, model files included "
+                        "(without this, only job-scope keys; see README, Security)")
 
 
 @command(_run_args)
@@ -80,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     src = Path(args.frames_dir)
     out = Path(args.out) if args.out else cfg.path(cfg.paths.outbox) / src.resolve().name
-    job = prepare_job(src, cfg, mode=args.mode)
+    job = prepare_job(src, cfg, mode=args.mode, trusted=args.trust_folder)
     console = _stderr_console()
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("frames {task.fields[fps]} fps"), TimeElapsedColumn(), TextColumn("ETA"),
@@ -198,10 +205,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------- queue
 
-def _store(cfg: Config):
-    from core.store import Store
+def _store(cfg: Config, access: str = "create"):
+    """The state database of `cfg`: "create" (queue work for a daemon that may start later), "write"
+    (requests about existing jobs) or "read"; only "create" makes or migrates the file."""
+    from core.store import Access, Store
 
-    return Store(cfg.path(cfg.paths.db))
+    return Store(cfg.path(cfg.paths.db), Access(access), config_source=cfg.source)
 
 
 def _job(store, ident: str):
@@ -214,6 +223,7 @@ def _job(store, ident: str):
 def _submit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("frames_dir", metavar="FRAMES_DIR", help="folder of numbered JPEG/PNG frames")
     p.add_argument("--mode", help="force a mode instead of choosing it from the folder")
+    _trust_arg(p)
 
 
 @command(_submit_args)
@@ -229,9 +239,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     src = Path(args.frames_dir).resolve()
-    prepare_job(src, cfg, mode=args.mode)  # fail now, not later in the daemon
+    prepare_job(src, cfg, mode=args.mode, trusted=args.trust_folder, confined=True)  # fail now, not in the daemon
     store = _store(cfg)
-    options = {"sets": list(args.set)} if args.set else None
+    options = {k: v for k, v in (("sets", list(args.set or ())), ("trusted", args.trust_folder)) if v} or None
     job_id = store.add_job_once(src.name, src, source="submit", mode=args.mode, options=options)
     if job_id is None:
         raise ReelmaskError(f"{src} is already queued or running; `reelmask status` shows it")
@@ -249,20 +259,29 @@ def _status_args(p: argparse.ArgumentParser) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     """Show the job queue: id, name, mode, state, progress, error.
 
+    Reads the state database (paths.db) read-only: it never creates or upgrades it, so a daemon
+    must have started once with this config; a daemon's locks never block it.
+
     example: reelmask status --json --state failed
     """
     import json
+    import sqlite3
 
     cfg = _config(args)
-    store = _store(cfg)
-    jobs = store.jobs(args.state)
+    store = _store(cfg, "read")
+    try:
+        jobs, paused = store.jobs(args.state), store.setting("paused") == "1"
+    except sqlite3.Error as e:
+        raise store.explain(e) from e
+    finally:
+        store.close()
     if args.json:
-        print(json.dumps({"jobs": [j.status() for j in jobs], "paused": store.setting("paused") == "1"}, indent=2))
+        print(json.dumps({"jobs": [j.status() for j in jobs], "paused": paused}, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"reelmask queue ({cfg.path(cfg.paths.db)})" + (" [PAUSED]" if store.setting("paused") == "1" else ""))
+    table = Table(title=f"reelmask queue ({cfg.path(cfg.paths.db)})" + (" [PAUSED]" if paused else ""))
     for col in ("id", "name", "kind", "mode", "state", "frames", "fps", "error"):
         table.add_column(col, overflow="fold")
     for j in jobs:
@@ -279,9 +298,16 @@ def _id_args(p: argparse.ArgumentParser) -> None:
 
 def _request(args: argparse.Namespace, kind: str) -> int:
     """Queue a command about one job for the daemon."""
-    store = _store(_config(args))
-    job = _job(store, args.job_id)
-    store.add_command(kind, job.id)
+    import sqlite3
+
+    store = _store(_config(args), "write")
+    try:
+        job = _job(store, args.job_id)
+        store.add_command(kind, job.id)
+    except sqlite3.Error as e:
+        raise store.explain(e) from e
+    finally:
+        store.close()
     print(f"{kind} requested for {job.id} ({job.name}, {job.state})")
     return 0
 

@@ -39,3 +39,12 @@ class TrainingError(ReelmaskError):
 
 class EvaluationError(ReelmaskError):
     """`reelmask eval` cannot pair predictions with ground truth; the message says where and how to fix it."""
+
+
+class StateError(ReelmaskError):
+    """The state database cannot be used as asked: missing, busy, damaged, of another schema, or owned by
+    another daemon. `busy` is true when trying again later may work."""
+
+    def __init__(self, message: str, *, busy: bool = False):
+        super().__init__(message)
+        self.busy = busy

@@ -8,8 +8,10 @@ Frames are decoded one at a time from disk; nothing copies the video or holds it
 from __future__ import annotations
 
 import re
+import stat
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +23,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from core.config import LimitsConfig
 from core.errors import FrameFolderError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -62,34 +65,31 @@ class FrameFolder:
             return None
 
     @classmethod
-    def scan(cls, root: str | Path, *, allow_outside: Path | None = None) -> "FrameFolder":
-        """List, order and check the frames of `root`.
-
-        `allow_outside`, when given, is the only tree a frame may live in once symlinks are
-        followed (the daemon passes its inbox so a link cannot read files from elsewhere).
-        """
+    def scan(cls, root: str | Path, *, exclude: frozenset[str] = frozenset(),
+             limits: LimitsConfig | None = None) -> "FrameFolder":
+        """List, order and check the frames of `root`; files named in `exclude` (prompts.json's mask
+        prompts) are not frames. Frame count and pixel size are held to `limits` before decoding."""
         root = Path(root)
+        limits = limits or LimitsConfig()
         if not root.is_dir():
             raise FrameFolderError(f"{root} is not a folder; give a folder of numbered JPEG or PNG frames")
         names = []
         for entry in root.iterdir():
-            if not is_frame_name(entry.name):
+            if not is_frame_name(entry.name) or entry.name in exclude:
                 continue
             if entry.is_dir():
                 continue
-            if allow_outside is not None:
-                target = entry.resolve()
-                if not target.is_relative_to(allow_outside.resolve()):
-                    raise FrameFolderError(
-                        f"frame {entry.name} is a link to {target}, outside {allow_outside}; "
-                        "copy the real file into the folder instead of linking to it"
-                    )
             if not _NUMBER.search(Path(entry.name).stem):
                 raise FrameFolderError(
                     f"image {entry.name} in {root} has no frame number in its name; "
                     "rename it (for example 00000.jpg) or move it out of the folder"
                 )
             names.append(entry.name)
+            if len(names) > limits.max_frames:
+                raise FrameFolderError(
+                    f"{root} holds more than {limits.max_frames:,} frames (limits.max_frames); split the video "
+                    "into several folders, or ask the daemon's owner to raise the limit"
+                )
         if not names:
             others = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))[:5]
             seen = f" (found: {', '.join(others)})" if others else " (the folder is empty)"
@@ -102,9 +102,9 @@ class FrameFolder:
                 raise FrameFolderError(
                     f"frames {a} and {b} in {root} have the same number; remove one of them"
                 )
-        width, height = _image_size(root / names[0])
+        width, height = image_size(root / names[0], limits.max_frame_pixels, "frame")
         for name in names[1:]:
-            size = _image_size(root / name)
+            size = image_size(root / name, limits.max_frame_pixels, "frame")
             if size != (width, height):
                 raise FrameFolderError(
                     f"frame {name} is {size[0]}x{size[1]} but {names[0]} is {width}x{height}; "
@@ -124,23 +124,42 @@ def _pil_open(path: Path):
     return opener(path)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """Width and height from the image header, with a clear error for unreadable files."""
+def image_size(path: Path, max_pixels: int, what: str = "image") -> tuple[int, int]:
+    """Width and height from the image header, checked against `max_pixels` before any decoding, with a
+    clear error for unreadable files (`what` names the file's role: frame, mask, ...)."""
     try:
-        if path.stat().st_size == 0:
-            raise FrameFolderError(f"frame {path.name} is an empty (0-byte) file; re-export or remove it")
-        with _pil_open(path) as im:
-            im.verify()
-            size = im.size
-            fmt = im.format
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise FrameFolderError(f"{what} {path.name} is not a regular file (a pipe, socket or device); remove it")
+        if st.st_size == 0:
+            raise FrameFolderError(f"{what} {path.name} is an empty (0-byte) file; re-export or remove it")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
+            with _pil_open(path) as im:
+                size = im.size
+                _check_pixels(path, size, max_pixels, what)
+                im.verify()
+                fmt = im.format
         if fmt == "JPEG" and not _ends_like_jpeg(path):
             with _pil_open(path) as im:  # a truncated JPEG decodes to grey; make sure it is whole
                 im.load()
         return size
     except FrameFolderError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as e:
-        raise FrameFolderError(f"frame {path.name} cannot be read as an image ({e}); re-export or remove it") from e
+    except Image.DecompressionBombError:  # PIL's own ceiling, far above any sane limit
+        raise FrameFolderError(
+            f"{what} {path.name} declares more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, more than "
+            f"limits.max_frame_pixels ({max_pixels:,}); nothing was decoded: re-export it at a normal size") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError, EOFError) as e:
+        raise FrameFolderError(f"{what} {path.name} cannot be read as an image ({e}); re-export or remove it") from e
+
+
+def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int, what: str) -> None:
+    w, h = size
+    if w * h > max_pixels:
+        raise FrameFolderError(
+            f"{what} {path.name} is {w}x{h} ({w * h:,} pixels), more than limits.max_frame_pixels "
+            f"({max_pixels:,}); scale the video down, or ask the daemon's owner to raise the limit")
 
 
 def _ends_like_jpeg(path: Path) -> bool:

@@ -16,18 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from core.config import Config, read_toml, with_overrides
+from core.config import Config, LimitsConfig, parse_toml, with_overrides
 from core.engine.build import build_engine, mask_regions, matting_segmentation, self_train_requested
 from core.engine.chunks import plan_chunks
 from core.engine.events import AlphaResult, ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
-from core.errors import ConfigError
+from core.errors import ConfigError, FrameFolderError
 from core.frames import FrameFolder, FrameReader, to_model_input
 from core.modes import Mode, ModeChoice, choose_mode, require_available
 from core.outputs.folder import MANIFEST, check_target, open_staging, publish, staging_path, write_json
 from core.outputs.checkpoint import Checkpoint, truncate_lines
 from core.outputs.manifest import add_engine_records, build_manifest, utc_now
 from core.outputs.writer import ALPHA_DIR, PROMPTS_USED, OutputWriter, PreviewSettings
-from core.prompts import Prompts, load_prompts
+from core.intake import check_tree, read_text
+from core.prompts import PROMPTS_FILE, Prompts, mask_names, parse_prompts, read_prompts_json
 
 log = logging.getLogger(__name__)
 
@@ -61,27 +62,38 @@ class JobFinished:
     manifest: dict = field(repr=False)
 
 
-def read_job_toml(folder: Path) -> tuple[str | None, dict]:
+def read_job_toml(folder: Path, limits: LimitsConfig | None = None) -> tuple[str | None, dict]:
     """job.toml holds config overrides plus an optional top-level `mode`."""
     path = folder / JOB_TOML
-    if not path.is_file():
+    text = read_text(path, (limits or LimitsConfig()).max_job_toml_bytes, "limits.max_job_toml_bytes", ConfigError)
+    if text is None:
         return None, {}
-    data = read_toml(path)
+    data = parse_toml(text, path)
     mode = data.pop("mode", None)
     if mode is not None and not isinstance(mode, str):
-        raise ConfigError(f'{path}: mode must be a string such as "track", got {mode!r}')
+        raise ConfigError(f'{path}: mode must be a string such as "track", got {mode!r:.80}')
     return mode, data
 
 
 def prepare_job(input_dir: Path, config: Config, *, mode: str | None = None, inbox_mode: str | None = None,
-                job_id: str | None = None, inbox_root: Path | None = None) -> PreparedJob:
-    """Validate the folder, its sidecars and the mode; raises a ReelmaskError on bad input."""
+                job_id: str | None = None, trusted: bool = False, confined: bool = False) -> PreparedJob:
+    """Validate the folder, its sidecars and the mode; raises a ReelmaskError on bad input.
+
+    The folder is untrusted: its job.toml may set only job-scope keys unless `trusted`, and every
+    `limits.*` of the owner's config holds. `confined` (daemon jobs) also refuses links leading out
+    of the folder."""
     input_dir = Path(input_dir)
-    folder = FrameFolder.scan(input_dir, allow_outside=inbox_root)
-    job_mode, overrides = read_job_toml(input_dir)
+    limits = config.limits  # the owner's: a folder cannot raise its own limits
+    if not input_dir.is_dir():
+        raise FrameFolderError(f"{input_dir} is not a folder; give a folder of numbered JPEG or PNG frames")
+    check_tree(input_dir, limits, confined=confined)
+    job_mode, overrides = read_job_toml(input_dir, limits)
     if overrides:
-        config = with_overrides(config, overrides, str(input_dir / JOB_TOML))
-    prompts = load_prompts(folder)
+        config = with_overrides(config, overrides, str(input_dir / JOB_TOML), job_scope=not trusted)
+    raw_prompts = read_prompts_json(input_dir, limits)
+    folder = FrameFolder.scan(input_dir, exclude=mask_names(raw_prompts), limits=limits)
+    prompts = Prompts() if raw_prompts is None else parse_prompts(raw_prompts, folder, input_dir / PROMPTS_FILE,
+                                                                  limits)
     choice = choose_mode(input_dir, prompts, explicit=mode, job_mode=job_mode, inbox_mode=inbox_mode)
     require_available(choice.mode)
     if choice.mode is Mode.DETECT and self_train_requested(prompts, config) and not prompts.objects:
@@ -229,7 +241,7 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
         log.warning("the partial output of %s was made with other settings; starting over", job.input.name)
         previous = None
     stage = open_staging(out, keep=previous is not None)
-    ckpt = previous or Checkpoint(plan=plan)
+    ckpt = previous or Checkpoint(plan=plan, job_id=job.job_id, output=str(out))
     models = models or ModelPool()
     t_model = time.perf_counter()
     if unet:

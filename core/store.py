@@ -2,24 +2,40 @@
 
 WAL journal and a busy timeout let the daemon write while the TUI and CLI read; claiming a job is a
 single IMMEDIATE transaction, so two workers never run the same job. Timestamps are UTC ISO.
+Who may create, migrate or only read the file is the `Access` a Store is opened with; the
+one-daemon-per-database lock is `core.state_lock.DaemonLock`.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import os
+import shlex
 import sqlite3
 import uuid
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import quote
 
 import sqlite_utils
+
+from core.errors import StateError
+
+BUSY_TIMEOUT = 10.0  # seconds a connection waits for another one's write lock before giving up
 
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Access(str, enum.Enum):
+    """How a process opens the state database."""
+    CREATE = "create"  # the daemon, submit, train --queue: create if missing, WAL, migrate
+    WRITE = "write"    # cancel, retry, the dashboard's buttons: an existing database at this schema, read-write
+    READ = "read"      # status, the dashboard's reads: an existing database at this schema, read-only
 
 
 class JobState(str, enum.Enum):
@@ -137,22 +153,72 @@ _JOB_SELECT = ("SELECT " + ", ".join(f"j.{c}" for c in _JOB_COLUMNS) +
 
 
 class Store:
-    """One connection to the state database. Cheap to open; open one per thread."""
+    """One connection to the state database. Cheap to open; open one per thread.
 
-    def __init__(self, path: str | Path, timeout: float = 10.0):
+    `access` says what this process may do to the file (see `Access`); only CREATE makes or
+    migrates it. Errors while opening are StateError with the path and the way out; errors of
+    later calls are sqlite3 errors that `explain` turns into the same kind of message.
+    """
+
+    def __init__(self, path: str | Path, access: Access = Access.CREATE, timeout: float | None = None,
+                 config_source: str | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        self.conn = conn
-        self.db = sqlite_utils.Database(conn)
-        self._migrate()
+        self.access = Access(access)
+        self.timeout = BUSY_TIMEOUT if timeout is None else timeout
+        self.snapshot = False  # READ only: a private copy of the file, taken at open (see _open_read)
+        if self.access is not Access.CREATE and not self.path.is_file():
+            raise StateError(_missing_message(self.path, config_source))
+        conn = None
+        try:
+            if self.access is Access.CREATE:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = _connect(str(self.path), self.timeout)
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+            elif self.access is Access.WRITE:
+                conn = _connect(f"file:{quote(str(self.path.resolve()))}?mode=rw", self.timeout)
+            else:
+                conn, self.snapshot = _open_read(self.path, self.timeout)
+            conn.execute("PRAGMA foreign_keys = ON")
+            self.conn = conn
+            self.db = sqlite_utils.Database(conn)
+            if self.access is Access.CREATE:
+                self._migrate()
+            else:
+                self._check_schema()
+        except (sqlite3.Error, StateError) as e:
+            if conn is not None:
+                conn.close()
+            if isinstance(e, StateError):
+                raise
+            raise self.explain(e) from e
 
     def close(self) -> None:
         self.conn.close()
+
+    def explain(self, error: sqlite3.Error) -> StateError:
+        """A sqlite3 error of this database as a message a user can act on."""
+        return _explain(self.path, error, self.timeout)
+
+    @staticmethod
+    def check_integrity(path: str | Path, timeout: float | None = None) -> None:
+        """Raise StateError when the database at `path` is damaged; reads only, so a damaged file stays
+        as it was (the daemon calls this before it opens the file to write)."""
+        path = Path(path)
+        if not path.exists():
+            return
+        timeout = BUSY_TIMEOUT if timeout is None else timeout
+        try:
+            conn, _ = _open_read(path, timeout)
+            try:
+                rows = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            raise _explain(path, e, timeout) from e
+        if rows != ["ok"]:
+            problems = [line for r in rows for line in r.splitlines() if not line.startswith("***")]
+            raise StateError(_damaged_message(path, "quick_check: " + "; ".join(problems[:2])))
 
     # ------------------------------------------------------------------ migrations
 
@@ -160,12 +226,29 @@ class Store:
         with self._tx():
             self.conn.execute("CREATE TABLE IF NOT EXISTS migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
             done = {r[0] for r in self.conn.execute("SELECT version FROM migrations")}
+            if done and max(done) > _MIGRATIONS[-1][0]:
+                raise StateError(_newer_message(self.path, max(done)))
             for version, script in _MIGRATIONS:
                 if version in done:
                     continue
                 for statement in filter(str.strip, script.split(";")):
                     self.conn.execute(statement)
                 self.conn.execute("INSERT INTO migrations (version, applied_at) VALUES (?, ?)", (version, utc_now()))
+
+    def _check_schema(self) -> None:
+        """READ and WRITE never migrate: a database of another schema version is refused."""
+        try:
+            have = self.schema_version()
+        except sqlite3.OperationalError as e:
+            if "no such table" not in str(e):
+                raise
+            have = 0  # an empty file, or one no daemon has started on yet
+        want = _MIGRATIONS[-1][0]
+        if have < want:
+            raise StateError(f"the state database {self.path} has schema version {have} and this reelmask needs "
+                             f"{want}: start `reelmask daemon` once with this config to upgrade it")
+        if have > want:
+            raise StateError(_newer_message(self.path, have))
 
     def schema_version(self) -> int:
         return self.conn.execute("SELECT MAX(version) FROM migrations").fetchone()[0] or 0
@@ -187,14 +270,19 @@ class Store:
     # ------------------------------------------------------------------ jobs
 
     def add_job(self, name: str, input_path: Path | str, *, kind: str = "segment", mode: str | None = None,
-                source: str = "inbox", inbox_mode: str | None = None, options: dict | None = None) -> str:
-        job_id = uuid.uuid4().hex[:12]
+                source: str = "inbox", inbox_mode: str | None = None, options: dict | None = None,
+                refused: str | None = None, job_id: str | None = None, output_path: str | None = None) -> str:
+        """A new queued job; with `refused`, a job that failed at intake with that reason (never claimed).
+        `job_id` and `output_path` are given for a job adopted again from its work folder."""
+        job_id = job_id or uuid.uuid4().hex[:12]
         now = utc_now()
         path = str(input_path)
         row = {
-            "id": job_id, "name": name, "kind": kind, "mode": mode, "state": JobState.QUEUED.value,
+            "id": job_id, "name": name, "kind": kind, "mode": mode,
+            "state": JobState.FAILED.value if refused else JobState.QUEUED.value,
+            "error": refused, "finished_at": now if refused else None,
             "source": source, "origin_path": path, "input_path": path, "inbox_mode": inbox_mode,
-            "attempts": 0, "created_at": now, "updated_at": now,
+            "attempts": 0, "created_at": now, "updated_at": now, "output_path": output_path,
             "options": json.dumps(options) if options else None,
         }
         self.conn.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
@@ -216,6 +304,12 @@ class Store:
 
     def job(self, job_id: str) -> Job | None:
         row = self.conn.execute(_JOB_SELECT + " WHERE j.id = ?", (job_id,)).fetchone()
+        return self._row_to_job(row) if row else None
+
+    def last_job_for(self, origin_path: Path | str) -> Job | None:
+        """The newest job made from the folder at `origin_path`."""
+        row = self.conn.execute(_JOB_SELECT + " WHERE j.origin_path = ? ORDER BY j.created_at DESC, j.id DESC LIMIT 1",
+                                (str(origin_path),)).fetchone()
         return self._row_to_job(row) if row else None
 
     def find_job(self, prefix: str) -> Job | None:
@@ -386,3 +480,112 @@ class Store:
     def finish_command(self, command_id: int, state: str, result: str | None = None) -> None:
         self.conn.execute("UPDATE commands SET state = ?, handled_at = ?, result = ? WHERE id = ?",
                           (state, utc_now(), result, command_id))
+
+
+# ---------------------------------------------------------------------- opening, and what went wrong
+
+def _connect(target: str, timeout: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(target, timeout=timeout, isolation_level=None, check_same_thread=False,
+                           uri=target.startswith("file:"))
+    conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+    return conn
+
+
+def _open_read(path: Path, timeout: float) -> tuple[sqlite3.Connection, bool]:
+    """A read-only connection, and whether it reads a private copy instead of the file.
+
+    SQLite reads a WAL database in place only when its -shm file exists or can be created. When no
+    writer has the file open (no -wal, no -shm) and this user cannot write to its folder (another
+    user's daemon, stopped), the file alone holds every commit: it is copied whole while it stays
+    unchanged and no writer appears, and read from memory.
+    """
+    for _ in range(5):
+        conn = _connect(f"file:{quote(str(path.resolve()))}?mode=ro", timeout)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn, False
+        except sqlite3.OperationalError as e:
+            conn.close()
+            if _code(e) != "SQLITE_READONLY_DIRECTORY":
+                raise
+        data = _quiet_copy(path)
+        if data is not None:
+            return _memory_database(data, timeout), True
+    raise StateError(_busy_message(path, timeout), busy=True)
+
+
+def _quiet_copy(path: Path) -> bytes | None:
+    """The file's bytes, or None when a writer had it open or changed it while it was read."""
+    wal = path.with_name(path.name + "-wal")
+
+    def mark() -> tuple:
+        st = os.stat(path)
+        return wal.exists(), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    before = mark()
+    if before[0]:
+        return None
+    data = path.read_bytes()
+    return data if mark() == before else None
+
+
+def _memory_database(data: bytes, timeout: float) -> sqlite3.Connection:
+    image = bytearray(data)
+    if image[18:20] == b"\x02\x02":  # an in-memory database has no WAL: mark the copy as a rollback-journal one
+        image[18:20] = b"\x01\x01"
+    conn = _connect(":memory:", timeout)
+    conn.deserialize(bytes(image))
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+def _code(error: sqlite3.Error) -> str:
+    name = getattr(error, "sqlite_errorname", "")  # Python 3.11+
+    if not name and isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+        name = "SQLITE_BUSY"
+    return name
+
+
+def _explain(path: Path, error: sqlite3.Error, timeout: float) -> StateError:
+    code = _code(error)
+    if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return StateError(_busy_message(path, timeout), busy=True)
+    if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
+            type(error) is sqlite3.DatabaseError and not code):
+        return StateError(_damaged_message(path, str(error)))
+    if code.startswith("SQLITE_READONLY"):
+        return StateError(f"cannot write the state database {path} ({error}): this user needs write access to "
+                          f"the file and its folder {path.parent}")
+    if code.startswith("SQLITE_CANTOPEN"):
+        wal, shm = (path.with_name(path.name + s) for s in ("-wal", "-shm"))
+        if wal.exists() and not shm.exists():
+            return StateError(f"cannot read the state database {path}: {wal.name} holds changes that only a "
+                              f"writer can recover, and this user cannot write to {path.parent}; start "
+                              f"`reelmask daemon` once (as the user that owns the folder), then try again")
+        return StateError(f"cannot open the state database {path} ({error}); check that this user may read it "
+                          f"and its folder")
+    return StateError(f"the state database {path} cannot be used: {error}")
+
+
+def _busy_message(path: Path, timeout: float) -> str:
+    return (f"the state database {path} is busy: another process has held a lock on it for more than "
+            f"{timeout:g} s; try again")
+
+
+def _missing_message(path: Path, config_source: str | None) -> str:
+    config = {None: "unknown", "defaults": "built-in defaults"}.get(config_source, config_source)
+    return (f"there is no state database at {path} (paths.db; config: {config}). Start `reelmask daemon` "
+            f"with this config to create it, or check paths.db and --config if the daemon uses another one")
+
+
+def _newer_message(path: Path, version: int) -> str:
+    return (f"the state database {path} has schema version {version}, newer than this reelmask knows "
+            f"({_MIGRATIONS[-1][0]}): it was written by a newer reelmask; use that one, or upgrade this one")
+
+
+def _damaged_message(path: Path, detail: str) -> str:
+    p, aside = shlex.quote(str(path)), shlex.quote(f"{path}.damaged")
+    return (f"the state database {path} is damaged ({detail}). Move it aside: `mv {p} {aside}` (and "
+            f"`mv {shlex.quote(f'{path}-wal')} {shlex.quote(f'{path}.damaged-wal')}` if that file exists), then "
+            f"start `reelmask daemon` again: it makes a new empty database and adopts again the jobs whose "
+            f"folders are still in work/. `sqlite3 {aside} .recover` salvages what rows it can.")

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 
 from core.cli import _config, command
 from core.config import default_config_path
+
+log = logging.getLogger("daemon.service")
 
 
 @command()
@@ -22,14 +26,21 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     example: reelmask daemon --config /srv/reelmask/config.toml --log-level info
     """
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame):  # only sets the flag; the main loop does the rest
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stopping.set()
+
+    # before the heavy imports: a stop that arrives while the daemon starts still ends with exit 0
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     from daemon.service import Daemon
 
     if os.environ.get("JOURNAL_STREAM"):  # under systemd: journald adds the time itself
         for handler in logging.getLogger().handlers:
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    daemon = Daemon(_config(args))
-    daemon.install_signal_handlers()
-    return daemon.run()
+    return Daemon(_config(args), stopping=stopping).run()
 
 
 def _service_args(p: argparse.ArgumentParser) -> None:

@@ -1,35 +1,48 @@
 """The daemon: watches inboxes, queues folders, runs workers, applies commands, samples memory.
 
-Signal handlers only set a flag; the main loop notices it, stops claiming, lets the running job
+Signal handlers (installed by `reelmask daemon` before anything heavy is imported) only set a flag;
+the main loop notices it, stops claiming, lets the running job
 reach a checkpoint (it is marked interrupted and resumes on the next start) and exits 0.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
 
 from core.config import Config
 from core.errors import ReelmaskError
+from core.state_lock import DaemonLock
 from core.store import CommandKind, JobState, Store
 from daemon.metrics import Sampler
 from daemon.watcher import Inbox, InboxWatcher, tree_signature
-from daemon.worker import Worker, move_folder, unique_path, write_error
+from daemon.adopt import adopt_strays
+from daemon.folders import MoveError, move_folder, park_failed, safe_name, unique_path, write_error
+from daemon.worker import Worker
 
 log = logging.getLogger(__name__)
 
 
 class Daemon:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, stopping: threading.Event | None = None):
         self.cfg = cfg
-        self.store = Store(cfg.path(cfg.paths.db))
+        db = cfg.path(cfg.paths.db)
+        self.lock = DaemonLock(db)
+        self.lock.acquire()  # before the database is even read: a second daemon stops here
+        try:
+            Store.check_integrity(db)
+            self.store = Store(db, config_source=cfg.source)
+        except BaseException:
+            self.lock.release()
+            raise
         self.inboxes = [Inbox(cfg.path(i.path), i.mode or None) for i in cfg.inbox_specs()]
         self.watcher = InboxWatcher(self.inboxes, cfg.watch.settle_seconds, cfg.watch.polling,
-                                    cfg.watch.poll_interval)
-        self.stopping = threading.Event()      # set by signals: stop the main loop
+                                    cfg.watch.poll_interval, cfg.limits.max_files)
+        self.stopping = stopping or threading.Event()  # set by signal handlers: stop the main loop
         self.workers_stop = threading.Event()  # set when workers must checkpoint and return
         self.workers: list[tuple[Worker, threading.Thread]] = []
         self._submitted: dict[Path, object] = {}
@@ -40,18 +53,14 @@ class Daemon:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def install_signal_handlers(self) -> None:
-        def handler(signum, _frame):
-            log.info("received %s: stopping", signal.Signals(signum).name)
-            self.stopping.set()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-
     def start(self) -> None:
-        for job_id in self.store.requeue_orphans():
-            self.store.log("info", "requeued after a restart; resumes from its last finished chunk", job_id)
-            log.info("job %s requeued to resume", job_id)
+        try:  # safe only because this process holds the lock: no other daemon is running these jobs
+            for job_id in self.store.requeue_orphans():
+                self.store.log("info", "requeued after a restart; resumes from its last finished chunk", job_id)
+                log.info("job %s requeued to resume", job_id)
+            adopt_strays(self.store, self.cfg)  # work/ folders a lost or replaced database forgot
+        except sqlite3.OperationalError as e:
+            raise self.store.explain(e) from e
         self.watcher.start()
         for i, device in enumerate(self.cfg.daemon.devices):
             worker = Worker(self.cfg, f"worker-{i}-{device}", device, self.workers_stop, self.inbox_lock)
@@ -67,7 +76,10 @@ class Daemon:
         last_sample = 0.0
         try:
             while not self.stopping.is_set():
-                self.tick()
+                try:
+                    self.tick()
+                except sqlite3.OperationalError as e:  # e.g. a lock held past the busy timeout
+                    log.warning("a tick failed on the state database (%s); trying again on the next one", e)
                 if time.monotonic() - last_sample >= self.cfg.daemon.sample_seconds:
                     last_sample = time.monotonic()
                     self._sample()
@@ -84,7 +96,12 @@ class Daemon:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
             if thread.is_alive():
                 log.warning("%s did not reach a checkpoint in time; its job resumes on the next start", worker.name)
-        self.store.log("info", "daemon stopped")
+        try:
+            self.store.log("info", "daemon stopped")
+        except sqlite3.OperationalError as e:
+            log.warning("could not record the stop in the state database: %s", e)
+        if not any(thread.is_alive() for _, thread in self.workers):
+            self.lock.release()  # otherwise the lock goes when the process ends, after the worker
         log.info("stopped")
 
     # ------------------------------------------------------------------ one round
@@ -98,18 +115,52 @@ class Daemon:
         queued = []
         for folder, inbox in self.watcher.ready():
             with self.inbox_lock:  # workers move claimed folders out under the same lock
-                if not folder.is_dir():
+                if not (folder.is_dir() or folder.is_symlink()):
                     continue  # claimed and moved away since the inbox was listed
-                sig = tree_signature(folder)
-                if self._submitted.get(folder) == sig:
+                sig = None if folder.is_symlink() else tree_signature(folder, self.cfg.limits.max_files)
+                if folder in self._submitted and self._submitted[folder] == sig:
                     continue  # already queued in this state (e.g. a job that could not move it)
-                job_id = self.store.add_job_once(folder.name, folder, source="inbox", inbox_mode=inbox.mode)
                 self._submitted[folder] = sig
+                problem = _intake_problem(folder)
+                if problem:
+                    self._refuse(folder, inbox, problem)
+                    continue
+                if self._failed_here_unchanged(folder, sig):
+                    continue
+                job_id = self.store.add_job_once(folder.name, folder, source="inbox", inbox_mode=inbox.mode,
+                                                 options={"signature": list(dataclasses.astuple(sig))})
             if job_id:
                 queued.append(job_id)
                 self.store.log("info", f"queued {folder.name} from {inbox.path}", job_id)
                 log.info("queued %s as job %s", folder, job_id)
         return queued
+
+    def _failed_here_unchanged(self, folder: Path, sig) -> bool:
+        """A folder whose job failed without moving it (a read-only inbox) is not queued again on every
+        start, only once it changes or on `reelmask retry`."""
+        last = self.store.last_job_for(folder)
+        return (last is not None and last.state in (JobState.FAILED.value, JobState.CANCELLED.value)
+                and Path(last.input_path) == folder
+                and last.option_values.get("signature") == list(dataclasses.astuple(sig)))
+
+    def _refuse(self, entry: Path, inbox: Inbox, reason: str) -> None:
+        """An inbox entry that must not be opened (a link, an unprintable name) becomes a failed job at
+        once: it is moved into failed/ as it is (a link stays a link) with error.txt beside it."""
+        name = safe_name(entry.name)
+        job_id = self.store.add_job(name, inbox.path / name, source="inbox", inbox_mode=inbox.mode, refused=reason)
+        failed = self.cfg.path(self.cfg.paths.failed)
+        try:
+            target = current = park_failed(entry, failed, name)
+        except MoveError as e:
+            target, current = unique_path(failed, name), inbox.path / name
+            reason += f" It could not be moved out of the inbox either ({e})."
+        try:
+            write_error(target, reason, f"job {job_id}, input {inbox.path / name}")
+        except OSError as e:
+            log.error("cannot write error.txt into %s: %s", target, e)
+        self.store.finish_job(job_id, JobState.FAILED, error=reason, input_path=str(current))
+        self.store.log("error", f"{name}: {reason}", job_id)
+        log.error("%s: %s", name, reason)
 
     def _sample(self) -> None:
         try:
@@ -150,12 +201,21 @@ class Daemon:
             return
         failed = self.cfg.path(self.cfg.paths.failed)
         current = Path(job.input_path)
-        with self.inbox_lock:
-            target = move_folder(current, failed, job.name) if job.source == "inbox" and current.is_dir() else None
+        target = None
+        if job.source == "inbox" and current.is_dir() and not current.is_symlink():
+            try:
+                with self.inbox_lock:
+                    target = current = move_folder(current, failed, job.name)
+            except MoveError as e:
+                reason += f" The folder could not be moved to failed/ ({e}); it is still at {current}."
+                self.store.update_job(job.id, error=reason)
         if target is None:
             target = unique_path(failed, job.name)
-        write_error(target, reason, f"job {job.id}, input {job.origin_path}")
-        self.store.update_job(job.id, input_path=str(target if job.source == "inbox" else current))
+        try:
+            write_error(target, reason, f"job {job.id}, input {job.origin_path}")
+        except OSError as e:
+            log.error("cannot write error.txt into %s: %s", target, e)
+        self.store.update_job(job.id, input_path=str(current))
         self.store.log("warning", f"{job.name}: cancelled", job.id)
         self.store.finish_command(cmd_id, "done")
 
@@ -183,9 +243,14 @@ class Daemon:
             if not current.is_dir():
                 self.store.finish_command(cmd_id, "rejected", f"the input {current} is gone")
                 return
-            (current / "error.txt").unlink(missing_ok=True)
             work = self.cfg.path(self.cfg.paths.work)
-            current = move_folder(current, work / job.id, job.name)
+            try:
+                current = move_folder(current, work / job.id, job.name)
+            except MoveError as e:
+                self.store.finish_command(cmd_id, "rejected", str(e))
+                self.store.log("error", f"{job.name}: not retried: {e}", job.id)
+                return
+            (current / "error.txt").unlink(missing_ok=True)
         self.store.clear_job_details(job.id)
         # a training run keeps its folder: the retry continues from its last.pt
         self.store.update_job(job.id, input_path=str(current),
@@ -194,3 +259,13 @@ class Daemon:
         self.store.log("info", f"{job.name}: queued again (retry)", job.id)
         self.store.finish_command(cmd_id, "done")
 
+
+def _intake_problem(entry: Path) -> str | None:
+    """Why an inbox entry is refused before anything in it is read, or None."""
+    if entry.is_symlink():
+        return (f"{safe_name(entry.name)} in the inbox is a symbolic link; the daemon never follows links out of "
+                "its inboxes. Copy or move the real folder in instead (the link was moved here unchanged).")
+    if safe_name(entry.name) != entry.name:
+        return (f"the folder name {safe_name(entry.name)!r} holds bytes that are not printable UTF-8 (shown as ?); "
+                "rename the folder with letters, digits, spaces, - and _ and drop it in again.")
+    return None

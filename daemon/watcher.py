@@ -43,17 +43,20 @@ class Signature:
     partial: bool
 
 
-def tree_signature(folder: Path) -> Signature:
-    files = size = newest = 0
+def tree_signature(folder: Path, max_entries: int = 250_000) -> Signature:
+    """What changes while a folder is being copied; the walk stops after `max_entries` (such a folder
+    fails on limits.max_files anyway) and never follows links."""
+    files = size = newest = seen = 0
     partial = False
     stack = [folder]
-    while stack:
+    while stack and seen <= max_entries:
         current = stack.pop()
         try:
             entries = list(os.scandir(current))
         except OSError:
             continue
         for e in entries:
+            seen += 1
             try:
                 st = e.stat(follow_symlinks=False)
             except OSError:
@@ -94,8 +97,9 @@ class InboxWatcher:
     """Finds complete folders in the inboxes. Call `ready()` periodically."""
 
     def __init__(self, inboxes: list[Inbox], settle_seconds: float, polling: bool = False,
-                 poll_interval: float = 1.0):
+                 poll_interval: float = 1.0, max_entries: int = 250_000):
         self.inboxes = inboxes
+        self.max_entries = max_entries
         self.settle = settle_seconds
         self.polling = polling
         self.poll_interval = poll_interval
@@ -118,13 +122,15 @@ class InboxWatcher:
             self._observer = None
 
     def ready(self, now: float | None = None) -> list[tuple[Path, Inbox]]:
-        """Folders that are complete now, with the inbox each one is in."""
+        """Folders that are complete now, with the inbox each one is in. A link is reported at once and
+        never entered: the daemon refuses it."""
         now = time.monotonic() if now is None else now
         found: list[tuple[Path, Inbox]] = []
         present: set[Path] = set()
         for inbox in self.inboxes:
             try:
-                entries = sorted(p for p in inbox.path.iterdir() if p.is_dir() and not is_ignored_name(p.name))
+                entries = sorted(p for p in inbox.path.iterdir()
+                                 if (p.is_symlink() or p.is_dir()) and not is_ignored_name(p.name))
             except OSError as e:
                 log.warning("cannot list inbox %s: %s", inbox.path, e)
                 continue
@@ -137,9 +143,9 @@ class InboxWatcher:
         return found
 
     def _is_ready(self, folder: Path, now: float) -> bool:
-        if (folder / READY_MARKER).exists():
+        if folder.is_symlink() or (folder / READY_MARKER).exists():
             return True
-        sig = tree_signature(folder)
+        sig = tree_signature(folder, self.max_entries)
         with self._lock:
             event_at = self._activity.get(folder, 0.0)
         previous = self._state.get(folder)

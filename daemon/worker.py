@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
 import threading
 import time
@@ -20,42 +19,13 @@ from core.config import Config
 from core.engine.build import self_train_requested
 from core.engine.chunks import plan_chunks
 from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, Phase
-from core.errors import Cancelled, ReelmaskError
+from core.errors import Cancelled, FrameFolderError, ReelmaskError
 from core.outputs.folder import staging_path
 from core.pipeline import JobFinished, JobStarted, ModelPool, prepare_job, run_job
 from core.store import Job, JobState, Store
+from daemon.folders import MoveError, move_folder, park_failed, unique_path, write_error
 
 log = logging.getLogger(__name__)
-
-ERROR_FILE = "error.txt"
-
-
-def unique_path(parent: Path, name: str) -> Path:
-    """parent/name, or parent/name-2, name-3 ... whichever does not exist yet (never overwrite)."""
-    candidate, n = parent / name, 2
-    while candidate.exists() or candidate.is_symlink():
-        candidate, n = parent / f"{name}-{n}", n + 1
-    return candidate
-
-
-def move_folder(src: Path, parent: Path, name: str) -> Path:
-    parent.mkdir(parents=True, exist_ok=True)
-    dest = unique_path(parent, name)
-    try:
-        os.rename(src, dest)
-    except OSError:  # another file system
-        shutil.move(str(src), str(dest))
-    return dest
-
-
-def write_error(folder: Path, reason: str, detail: str = "") -> None:
-    """error.txt: the reason in plain words first, the details after."""
-    folder.mkdir(parents=True, exist_ok=True)
-    text = reason.strip() + "\n"
-    if detail.strip():
-        text += "\n--- details ---\n" + detail.strip() + "\n"
-    (folder / ERROR_FILE).write_text(text, encoding="utf-8")
-
 
 class Worker:
     def __init__(self, cfg: Config, name: str, device: str, stop: threading.Event,
@@ -68,6 +38,7 @@ class Worker:
         self.models = ModelPool()
         self.current: str | None = None
         self.inbox_lock = inbox_lock or threading.Lock()
+        self._space_warned = float("-inf")
 
     # ------------------------------------------------------------------ loop
 
@@ -84,7 +55,7 @@ class Worker:
 
     def step(self) -> bool:
         """Run one queued job if there is one (and the queue is not paused)."""
-        if self.store.setting("paused") == "1":
+        if self.store.setting("paused") == "1" or not self._room_to_work():
             return False
         job = self.store.claim(self.name)
         if job is None:
@@ -97,6 +68,10 @@ class Worker:
                 TrainingRun(self.store, self.cfg, job, self.stop).execute()
             else:
                 self._execute(job)
+        except Exception as e:  # failing the job failed too: it must not stay "running" with no worker
+            log.exception("worker %s: job %s could not be ended cleanly", self.name, job.id)
+            self.store.finish_job(job.id, JobState.FAILED, error=f"reelmask could not finish this job "
+                                  f"({type(e).__name__}: {e}); see the daemon's log")
         finally:
             self.current = None
         return True
@@ -114,11 +89,43 @@ class Worker:
         if job.source != "inbox" or current.parent.parent == work:
             return current
         with self.inbox_lock:
+            if current.is_symlink():
+                raise FrameFolderError(f"{current} is a symbolic link; the daemon does not follow links out of its "
+                                       "inboxes: copy or move the real folder in instead")
             if not current.is_dir():
                 raise ReelmaskError(f"the folder {current} disappeared before the job started")
             moved = move_folder(current, work / job.id, job.name)
             self.store.update_job(job.id, input_path=str(moved))
         return moved
+
+    def _room_to_work(self) -> bool:
+        """limits.min_free_mb free under work/, outbox and failed/; otherwise no job is claimed (said once a minute)."""
+        need = self.cfg.limits.min_free_mb
+        if need <= 0:
+            return True
+        work, outbox, _, failed = self._paths()
+        for path in (work, outbox, failed):
+            try:
+                free = shutil.disk_usage(path).free / 2**20
+            except OSError:
+                continue  # a missing folder is created when used; its disk is checked then
+            if free < need:
+                if time.monotonic() - self._space_warned >= 60:
+                    self._space_warned = time.monotonic()
+                    msg = (f"not starting jobs: only {free:.0f} MiB free under {path} (limits.min_free_mb = {need}); "
+                           "free some space, the queue goes on by itself")
+                    log.warning(msg)
+                    self.store.log("warning", msg)
+                return False
+        return True
+
+    def _trusted(self, job: Job) -> bool:
+        """A folder's job.toml may set any key only when the owner says so: its inbox is marked
+        trusted (looked up in today's config, not when it was queued) or `submit --trust-folder`."""
+        if job.source == "inbox":
+            spec = self.cfg.inbox_of(job.origin_path)
+            return spec is not None and spec.trusted
+        return bool(job.option_values.get("trusted"))
 
     def _execute(self, job: Job) -> None:
         store = self.store
@@ -136,7 +143,7 @@ class Worker:
                 from core.config import parse_sets, with_overrides
                 cfg = with_overrides(cfg, parse_sets(sets), "reelmask submit --set")
             prepared = prepare_job(input_dir, cfg, mode=job.mode, inbox_mode=job.inbox_mode, job_id=job.id,
-                                   inbox_root=input_dir)
+                                   trusted=self._trusted(job), confined=True)
             store.update_job(job.id, mode=prepared.choice.mode.value, frames_total=len(prepared.folder))
             c = prepared.config.chunking
             if not self_train_requested(prepared.prompts, prepared.config):  # its chunks are planned after training
@@ -148,13 +155,20 @@ class Worker:
             for event in run_job(prepared, out, models=self.models, should_stop=state.should_stop(self.stop),
                                  keep_partial=True, resume=True):
                 state.on_event(event)
+                if isinstance(event, ChunkStarted):
+                    log.info("%s: chunk %d %s, frames %d-%d", job.name, event.chunk, event.sweep, event.start,
+                             event.end - 1)
                 if isinstance(event, JobFinished):
                     manifest = event.manifest
             if manifest and manifest.get("resumed_from_frame") is not None:
                 store.update_job(job.id, resumed_from_frame=manifest["resumed_from_frame"])
             final_input = input_dir
             if job.source == "inbox":
-                final_input = move_folder(input_dir, done, job.name)
+                try:
+                    final_input = move_folder(input_dir, done, job.name)
+                except MoveError as e:
+                    raise MoveError(f"the masks are complete in {out}, but the input could not be moved to "
+                                    f"done/: {e}") from e
                 shutil.rmtree(work / job.id, ignore_errors=True)
             store.finish_job(job.id, JobState.DONE, input_path=str(final_input))
             state.flush(force=True)
@@ -173,13 +187,20 @@ class Worker:
         except ReelmaskError as e:
             self._give_up(job, out, JobState.FAILED, str(e), traceback.format_exc())
             state.fail_chunk("failed")
+        except OSError as e:  # the disk, not the folder: a full disk, lost permissions, a vanished mount
+            where = f" ({e.filename})" if e.filename else ""
+            reason = (f"A file could not be read or written: {e.strerror or e}{where}. Free some space or fix the "
+                      f"permissions, then run `reelmask retry {job.id[:8]}`.")
+            self._give_up(job, out, JobState.FAILED, reason, traceback.format_exc())
+            state.fail_chunk("failed")
         except Exception as e:
             reason = f"reelmask hit an internal error while running this folder ({type(e).__name__}: {e})."
             self._give_up(job, out, JobState.FAILED, reason, traceback.format_exc())
             state.fail_chunk("failed")
 
     def _give_up(self, job: Job, out: Path | None, state: JobState, reason: str, detail: str) -> None:
-        """Fail or cancel a job: no partial output stays, the input goes to failed/ with error.txt."""
+        """Fail or cancel a job: no partial output stays, the input goes to failed/ with error.txt. Each
+        step may fail (a full disk, a read-only inbox); the job still ends with its reason in the database."""
         work, _, _, failed = self._paths()
         if out is not None:
             shutil.rmtree(staging_path(out), ignore_errors=True)
@@ -187,14 +208,22 @@ class Worker:
         # messages name the folder the user dropped, not our work copy of it
         reason = reason.replace(str(current), job.origin_path)
         detail = f"job {job.id}, input {job.origin_path}\n\n{detail}"
-        if job.source == "inbox" and current.exists():
-            target = move_folder(current, failed, job.name)
+        target = None
+        if job.source == "inbox" and (current.exists() or current.is_symlink()):
+            try:
+                target = current = park_failed(current, failed, job.name)
+            except MoveError as e:
+                reason += f" The folder could not be moved to failed/ either ({e}); it is still at {current}."
+        if not current.is_relative_to(work / job.id):
             shutil.rmtree(work / job.id, ignore_errors=True)
-        else:  # submitted folders stay where they are; the error goes to failed/<name>/
+        if target is None:  # submitted folders stay where they are; the error goes to failed/<name>/
             target = unique_path(failed, job.name)
-        write_error(target, reason, detail)
-        self.store.finish_job(job.id, state, error=reason, detail=detail, input_path=str(
-            target if job.source == "inbox" and target.exists() else current))
+        try:
+            write_error(target, reason, detail)
+        except OSError as e:
+            log.error("cannot write %s: %s", target / "error.txt", e)
+            detail += f"\n\nerror.txt could not be written into {target}: {e}"
+        self.store.finish_job(job.id, state, error=reason, detail=detail, input_path=str(current))
         self.store.log("error" if state is JobState.FAILED else "warning", f"{job.name}: {reason}", job.id)
         log.log(logging.ERROR if state is JobState.FAILED else logging.WARNING, "%s: %s", job.name, reason)
 

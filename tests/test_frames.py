@@ -65,14 +65,19 @@ def test_not_a_folder(tmp_path: Path):
 
 
 def test_symlink_leading_outside_is_refused_when_confined(tmp_path: Path):
+    from core.config import LimitsConfig
+    from core.intake import check_tree
+
     inbox = tmp_path / "inbox"
     clip = inbox / "clip"
     _img(clip / "000.jpg")
     _img(tmp_path / "secret" / "001.jpg")
     os.symlink(tmp_path / "secret" / "001.jpg", clip / "001.jpg")
-    assert len(FrameFolder.scan(clip)) == 2  # the CLI follows links the user made
-    with pytest.raises(FrameFolderError, match="outside"):
-        FrameFolder.scan(clip, allow_outside=inbox)
+    os.symlink("000.jpg", clip / "002.jpg")  # a link inside the folder is fine
+    check_tree(clip, LimitsConfig(), confined=False)
+    assert len(FrameFolder.scan(clip)) == 3  # the CLI follows links the user made
+    with pytest.raises(FrameFolderError, match="001.jpg .*outside"):
+        check_tree(clip, LimitsConfig(), confined=True)
 
 
 def test_reader_prefetches_both_directions_and_stays_bounded(tmp_path: Path):

@@ -28,7 +28,10 @@ def _sync(fn):
 
 
 def _cfg(tmp_path: Path):
-    return load_config(None, [f"paths.db={tmp_path / 'state.db'}", "daemon.sample_seconds=1"], use_default_path=False)
+    """A config and its state database, made as the daemon makes it (the dashboard never creates one)."""
+    cfg = load_config(None, [f"paths.db={tmp_path / 'state.db'}", "daemon.sample_seconds=1"], use_default_path=False)
+    Store(cfg.path(cfg.paths.db)).close()
+    return cfg
 
 
 async def _settle(app, pilot) -> None:

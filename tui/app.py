@@ -1,11 +1,15 @@
 """`reelmask tui`: the queue, the selected job, device memory and the event log, over SSH.
 
-State comes from the SQLite database on a worker thread every `refresh_seconds`; actions write
-commands (cancel, retry, pause/resume, train) that the daemon carries out. No torch in here.
+State comes from the SQLite database, opened read-only, on a worker thread every `refresh_seconds`;
+actions write commands (cancel, retry, pause/resume, train) that the daemon carries out. A database
+that is busy, missing or unreadable is shown in the title and read again on the next refresh; a
+command that cannot be written is reported as not sent. No torch in here.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from pathlib import Path
 from typing import Iterable
 
@@ -19,7 +23,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header
 
 from core.config import Config
-from core.store import CommandKind, Store
+from core.errors import StateError
+from core.store import Access, CommandKind, Store
 from tui.forms import TrainForm, TrainRequest
 from tui.state import STATE_FILTERS, LocalMemory, Snapshot, read_snapshot
 from tui.widgets import EventLog, GpuPanel, JobPanel, QueueTable
@@ -39,14 +44,18 @@ class ReelmaskApp(App):
 
     state_filter: reactive[str | None] = reactive(None)
     snapshot: reactive[Snapshot | None] = reactive(None)
+    db_problem: reactive[str | None] = reactive(None)   # shown in the title while the database cannot be read
 
-    def __init__(self, cfg: Config, refresh_seconds: float = 1.0):
+    def __init__(self, cfg: Config, refresh_seconds: float = 1.0, lock_wait: float = 2.0):
+        """`lock_wait`: seconds a read or a command waits for another process's lock on the database."""
         super().__init__()
         self.cfg = cfg
         self.refresh_seconds = refresh_seconds
+        self.lock_wait = lock_wait
         self.db = cfg.path(cfg.paths.db)
-        self.store = Store(self.db)          # commands, written from the UI thread
+        self.store: Store | None = None      # commands, written from the UI thread; opened on first use
         self._reader: Store | None = None    # reads, on the refresh worker thread
+        self._reading = threading.Lock()     # one read at a time, however long a lock makes it wait
         self._local: LocalMemory | None = None
         self._stale_after = max(10.0, 5 * cfg.daemon.sample_seconds)
 
@@ -83,12 +92,49 @@ class ReelmaskApp(App):
 
     @work(thread=True, exclusive=True, group="refresh")
     def read_state(self, selected: str | None, state: str | None, last_event: int) -> None:
-        if self._reader is None:
-            self._reader = Store(self.db)
+        if not self._reading.acquire(blocking=False):
+            return  # the previous read still waits for a lock; this refresh is skipped
+        try:
+            snap = self._read(selected, state, last_event)
+        except StateError as e:
+            self.call_from_thread(self._show_problem, e)
+            return
+        finally:
+            self._reading.release()
+        self.call_from_thread(self._show_snapshot, snap)
+
+    def _read(self, selected: str | None, state: str | None, last_event: int) -> Snapshot:
+        if self._local is None:
             self._local = LocalMemory()
-        snap = read_snapshot(self._reader, selected, state, last_event, local=self._local,
-                             stale_after=self._stale_after)
-        self.call_from_thread(setattr, self, "snapshot", snap)
+        if self._reader is not None and self._reader.snapshot:  # a copy of the file: take a fresh one
+            self._close_reader()
+        if self._reader is None:
+            self._reader = Store(self.db, Access.READ, timeout=self.lock_wait, config_source=self.cfg.source)
+        try:
+            return read_snapshot(self._reader, selected, state, last_event, local=self._local,
+                                 stale_after=self._stale_after)
+        except sqlite3.Error as e:
+            error = self._reader.explain(e)
+            self._close_reader()  # opened again on the next refresh
+            raise error from e
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def _show_snapshot(self, snap: Snapshot) -> None:
+        self.db_problem = None
+        self.snapshot = snap
+
+    def _show_problem(self, error: StateError) -> None:
+        problem = "database busy, retrying" if error.busy else "database unreadable, retrying"
+        if self.db_problem != problem:  # once, when it starts: the full reason and the way out
+            self.notify(str(error), title=problem, severity="warning" if error.busy else "error", timeout=10)
+        self.db_problem = problem
+
+    def watch_db_problem(self, problem: str | None) -> None:
+        self.title = f"{self.TITLE} · {problem}" if problem else self.TITLE
 
     def watch_snapshot(self, snap: Snapshot | None) -> None:
         if snap is None:
@@ -123,22 +169,38 @@ class ReelmaskApp(App):
             self.notify("no job selected", severity="warning")
         return job_id
 
+    def _send(self, what: str, kind: CommandKind, job_id: str | None = None, payload: dict | None = None) -> bool:
+        """Write one command for the daemon; when it cannot be written, say so (nothing was sent)."""
+        try:
+            if self.store is None:
+                self.store = Store(self.db, Access.WRITE, timeout=self.lock_wait, config_source=self.cfg.source)
+            try:
+                self.store.add_command(kind, job_id, payload)
+            except sqlite3.Error as e:
+                error = self.store.explain(e)
+                self.store.close()
+                self.store = None
+                raise error from e
+        except StateError as e:
+            self.notify(f"{what} was not sent: {e}", title="not sent", severity="error", timeout=10)
+            return False
+        return True
+
     def action_cancel_job(self) -> None:
         job_id = self._selected()
-        if job_id:
-            self.store.add_command(CommandKind.CANCEL, job_id)
+        if job_id and self._send(f"cancel of {job_id[:8]}", CommandKind.CANCEL, job_id):
             self.notify(f"cancel requested for {job_id[:8]}")
 
     def action_retry_job(self) -> None:
         job_id = self._selected()
-        if job_id:
-            self.store.add_command(CommandKind.RETRY, job_id)
+        if job_id and self._send(f"retry of {job_id[:8]}", CommandKind.RETRY, job_id):
             self.notify(f"retry requested for {job_id[:8]}")
 
     def action_toggle_pause(self) -> None:
-        paused = self.store.setting("paused") == "1"
-        self.store.add_command(CommandKind.RESUME if paused else CommandKind.PAUSE)
-        self.notify("resume requested" if paused else "pause requested (the running job finishes)")
+        paused = self.snapshot is not None and self.snapshot.paused  # as last read; the daemon has the final say
+        kind = CommandKind.RESUME if paused else CommandKind.PAUSE
+        if self._send(kind.value, kind):
+            self.notify("resume requested" if paused else "pause requested (the running job finishes)")
 
     def action_cycle_filter(self) -> None:
         i = STATE_FILTERS.index(self.state_filter)
@@ -150,8 +212,8 @@ class ReelmaskApp(App):
     def _queue_training(self, request: TrainRequest | None) -> None:
         if request is None:
             return
-        self.store.add_command(CommandKind.TRAIN, payload=request.payload())
-        self.notify(f"training {request.kind} on {request.data} sent to the daemon")
+        if self._send(f"training {request.kind}", CommandKind.TRAIN, payload=request.payload()):
+            self.notify(f"training {request.kind} on {request.data} sent to the daemon")
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli import _config, command
+from core.cli import _config, _store, command
 
 
 def _tui_args(p: argparse.ArgumentParser) -> None:
@@ -17,11 +17,19 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
     Works over SSH in 80x24 with the keyboard only: arrows select a job; c cancel, r retry,
     p pause/resume the queue, t train, f filter by state, q quit; ctrl+p opens the command palette.
-    It reads the same database as `reelmask daemon` (paths.db) and never loads a model.
+    It reads the same database as `reelmask daemon` (paths.db), read-only, and never loads a model;
+    the database must exist (start `reelmask daemon` once).
 
     example: ssh gpu-box -t reelmask tui --config /srv/reelmask/config.toml
     """
+    from core.errors import StateError
     from tui.app import ReelmaskApp
 
-    ReelmaskApp(_config(args), refresh_seconds=max(0.2, args.refresh)).run()
+    cfg = _config(args)
+    try:  # a wrong path or schema is an error now; a busy database is shown by the dashboard until it frees
+        _store(cfg, "read").close()
+    except StateError as e:
+        if not e.busy:
+            raise
+    ReelmaskApp(cfg, refresh_seconds=max(0.2, args.refresh)).run()
     return 0

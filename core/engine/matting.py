@@ -37,7 +37,12 @@ def mask_files(folder: FrameFolder) -> list[Path]:
             f"matting with masks/ needs a mask for every frame, but {len(missing)} of {len(folder)} have none in "
             f"{root} (first: {missing[0]}); add masks named after the frames (masks/{folder.stem(0)}.png), or "
             "remove masks/ to let SAM2 segment")
-    return [found[folder.stem(i)] for i in range(len(folder))]
+    from core.engine.regions import check_sidecar
+
+    files = [found[folder.stem(i)] for i in range(len(folder))]
+    for path in files:
+        check_sidecar(path, folder, "mask")
+    return files
 
 
 class MaskFolderEngine(Resumable):

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import importlib.util
 import logging
+import re
 import threading
 import time
 import warnings
@@ -34,7 +35,12 @@ def read_state_dict(path: Path) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file
-        raise ModelError(f"cannot load checkpoint {path}: {e}") from e
+        refused = re.search(r"GLOBAL (\S+)", str(e))
+        if refused:  # torch's own advice (load it unrestricted) is exactly what must not happen here
+            raise ModelError(f"checkpoint {path} refers to {refused.group(1)}, which is not part of model weights; "
+                             "reelmask loads checkpoints as weights only, never as code: use the official file "
+                             "(`reelmask models pull` or `reelmask models import`)") from None
+        raise ModelError(f"cannot load checkpoint {path}: {str(e).splitlines()[0][:300]}") from e
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if not isinstance(data, dict):

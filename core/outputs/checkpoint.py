@@ -26,6 +26,8 @@ class Checkpoint:
     handover_files: dict[str, str] = field(default_factory=dict)  # sweep -> file of its latest hand-over
     plan: str = ""  # what the chunks were cut from; a resume with another plan starts over
     engine_state: dict = field(default_factory=dict)  # the mode engine's counters (next object id, ...)
+    job_id: str = ""   # whose partial output this is: a daemon that lost its database adopts the job again
+    output: str = ""   # the output folder this staging folder becomes
 
     @classmethod
     def load(cls, stage: Path) -> "Checkpoint | None":
@@ -43,6 +45,8 @@ class Checkpoint:
             handover_files=dict(data.get("handover_files", {})),
             plan=data.get("plan", ""),
             engine_state=data.get("engine_state", {}),
+            job_id=data.get("job_id", ""),
+            output=data.get("output", ""),
         )
 
     def save(self, stage: Path, sweep: str, chunk: int, handover: dict[int, np.ndarray]) -> None:
@@ -57,6 +61,7 @@ class Checkpoint:
             "done": self.done, "prompt_lines": self.prompt_lines, "frames_written": self.frames_written,
             "object_frames": self.object_frames, "chunk_log": self.chunk_log, "prompt_counts": self.prompt_counts,
             "handover_files": self.handover_files, "plan": self.plan, "engine_state": self.engine_state,
+            "job_id": self.job_id, "output": self.output,
         })
         for old in stage.glob(f".handover-{sweep}-*.npz"):
             if old.name != name:

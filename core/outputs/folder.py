@@ -3,6 +3,7 @@ beside it and rename it into place at the end."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -12,10 +13,32 @@ from pathlib import Path
 from core.errors import OutputError
 
 MANIFEST = "manifest.json"
+NAME_MAX = 255  # bytes of one path component on the file systems reelmask runs on
+
+
+def fit_name(name: str, reserve: int = 0) -> str:
+    """`name` shortened (at a character boundary) so that `reserve` more bytes still fit in a path component."""
+    room = NAME_MAX - reserve
+    encoded = os.fsencode(name)
+    if len(encoded) <= room:
+        return name
+    text = os.fsdecode(encoded[:room])
+    while text and "\udc80" <= text[-1] <= "\udcff":  # a character cut in half
+        text = text[:-1]
+    return text or "job"
+
+
+def hidden_sibling(path: Path, tag: str) -> Path:
+    """`.<name>.<tag>` beside `path`; a name too long for that is shortened and made unique by a hash."""
+    plain = f".{path.name}.{tag}"
+    if len(os.fsencode(plain)) <= NAME_MAX:
+        return path.parent / plain
+    digest = hashlib.sha1(os.fsencode(path.name)).hexdigest()[:8]
+    return path.parent / f".{fit_name(path.name, len(tag) + 12)}~{digest}.{tag}"
 
 
 def staging_path(out: Path) -> Path:
-    return out.parent / f".{out.name}.partial"
+    return hidden_sibling(out, "partial")
 
 
 def check_target(out: Path, overwrite: bool) -> None:
@@ -56,7 +79,7 @@ def publish(stage: Path, out: Path, overwrite: bool) -> None:
     if out.exists():
         if not overwrite:
             raise OutputError(f"output folder {out} appeared while the job ran; the result is kept in {stage}")
-        old = out.parent / f".{out.name}.old-{int(time.time())}"
+        old = hidden_sibling(out, f"old-{int(time.time())}")
         os.replace(out, old)
     os.replace(stage, out)
     if old is not None:
