@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -17,6 +16,10 @@ import numpy as np
 from core.config import load_config
 from core.store import Store
 from tests.conftest import make_clip, point_prompt
+from tests.daemon_process import start as _start
+from tests.daemon_process import status as _status
+from tests.daemon_process import stop as _stop
+from tests.daemon_process import wait as _wait
 
 CONFIG = """
 [paths]
@@ -40,37 +43,6 @@ def _setup(tmp_path: Path, chunk: int = 50) -> Path:
     (tmp_path / "config.toml").write_text(CONFIG.format(chunk=chunk))
     (tmp_path / "inbox").mkdir()
     return tmp_path / "config.toml"
-
-
-def _start(tmp_path: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "core.cli", "daemon", "--config", "config.toml",
-                             "--log-level", "info"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=open(tmp_path / "daemon.log", "a"), env={**os.environ, "YOLO_OFFLINE": "1"})
-
-
-def _wait(cond, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {proc.returncode} while waiting for {what}")
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _status(tmp_path: Path) -> dict:
-    out = subprocess.run([sys.executable, "-m", "core.cli", "status", "--json", "--config", "config.toml"],
-                         cwd=tmp_path, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
-
-
-def _stop(proc: subprocess.Popen) -> tuple[int, float]:
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(timeout=15)
-    return rc, time.monotonic() - t0
 
 
 def _bad_folders(inbox: Path, outside: Path) -> list[str]:

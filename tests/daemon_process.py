@@ -1,0 +1,60 @@
+"""A real `reelmask daemon` subprocess for tests: start it, wait on it, read its status, stop it.
+
+Waits poll with generous deadlines: they end as soon as the condition holds, so a busy machine
+makes a test slower, not red."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+PATIENCE = float(os.environ.get("REELMASK_TEST_PATIENCE", "1"))  # >1 on a slow CI machine
+
+
+def start(root: Path, config: str = "config.toml", log: str = "daemon.log") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "core.cli", "daemon", "--config", config, "--log-level", "info"],
+                            cwd=root, stdout=subprocess.PIPE, stderr=open(root / log, "a"),
+                            env={**os.environ, "YOLO_OFFLINE": "1"})
+
+
+def wait(cond: Callable[[], T], timeout: float, what: str, proc: subprocess.Popen | None = None) -> T:
+    """Poll `cond` until it returns something true; fail after `timeout` x PATIENCE seconds."""
+    deadline = time.monotonic() + timeout * PATIENCE
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {proc.returncode} while waiting for {what}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def cli(root: Path, *args: str, config: str = "config.toml") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core.cli", *args, "--config", config], cwd=root,
+                          capture_output=True, text=True, env={**os.environ, "YOLO_OFFLINE": "1"})
+
+
+def status(root: Path, config: str = "config.toml") -> dict:
+    """`reelmask status --json`; no jobs yet while a starting daemon has not made its database."""
+    out = cli(root, "status", "--json", config=config)
+    if out.returncode == 2 and "there is no state database" in out.stderr:
+        return {"jobs": []}
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def stop(proc: subprocess.Popen) -> tuple[int, float]:
+    """SIGTERM, then the exit code and how long the daemon took to exit."""
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=60 * PATIENCE)
+    return rc, time.monotonic() - t0
