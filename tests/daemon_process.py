@@ -18,6 +18,25 @@ T = TypeVar("T")
 
 PATIENCE = float(os.environ.get("REELMASK_TEST_PATIENCE", "1"))  # >1 on a slow CI machine
 
+# a daemon that reacts fast and runs SAM2's real code with random weights at 256 px
+FAST = {"watch": {"settle_seconds": 0.5}, "models": {"sam2_weights": "random", "image_size": 256},
+        "output": {"preview": False}, "daemon": {"tick_seconds": 0.1, "progress_seconds": 0.1},
+        "limits": {"min_free_mb": 0}}
+
+
+def write_config(root: Path, sections: dict | None = None, tables: str = "") -> Path:
+    """root/config.toml: FAST with `sections` merged over it, then `tables` ([[paths.inbox]] ...) as written."""
+    merged = {name: dict(keys) for name, keys in FAST.items()}
+    for name, keys in (sections or {}).items():
+        merged.setdefault(name, {}).update(keys)
+    lines = []
+    for name, keys in merged.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in keys.items()]  # JSON scalars and lists are TOML
+    path = root / "config.toml"
+    path.write_text("\n".join(lines) + "\n" + tables)
+    return path
+
 
 def start(root: Path, config: str = "config.toml", log: str = "daemon.log") -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "core.cli", "daemon", "--config", config, "--log-level", "info"],

@@ -20,31 +20,12 @@ from core.store import Access, Store
 from tests import daemon_process as dp
 from tests.conftest import DATA, make_clip, point_prompt
 
-CONFIG = """
-[paths]
-inboxes = ["inbox"]
-[watch]
-settle_seconds = 0.5
-[models]
-sam2_weights = "random"
-image_size = 256
-yolo = "{yolo}"
-[chunking]
-chunk_size = {chunk}
-[output]
-preview = false
-[daemon]
-tick_seconds = 0.1
-progress_seconds = 0.1
-[limits]
-min_free_mb = 0
-"""
 YOLO = DATA / "models" / "yolo11n-coco-dequant.pt"
 
 
 def _root(path: Path, chunk: int) -> Path:
     path.mkdir(parents=True)
-    (path / "config.toml").write_text(CONFIG.format(yolo=YOLO, chunk=chunk))
+    dp.write_config(path, {"models": {"yolo": str(YOLO)}, "chunking": {"chunk_size": chunk}})
     (path / "inbox").mkdir()
     return path
 

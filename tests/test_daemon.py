@@ -20,29 +20,12 @@ from tests.daemon_process import start as _start
 from tests.daemon_process import status as _status
 from tests.daemon_process import stop as _stop
 from tests.daemon_process import wait as _wait
-
-CONFIG = """
-[paths]
-inboxes = ["inbox"]
-[watch]
-settle_seconds = 1.0
-[models]
-sam2_weights = "random"
-image_size = 256
-[chunking]
-chunk_size = {chunk}
-[output]
-preview = false
-[daemon]
-tick_seconds = 0.1
-progress_seconds = 0.1
-"""
-
+from tests.daemon_process import write_config
 
 def _setup(tmp_path: Path, chunk: int = 50) -> Path:
-    (tmp_path / "config.toml").write_text(CONFIG.format(chunk=chunk))
     (tmp_path / "inbox").mkdir()
-    return tmp_path / "config.toml"
+    return write_config(tmp_path, {"paths": {"inboxes": ["inbox"]}, "watch": {"settle_seconds": 1.0},
+                                   "chunking": {"chunk_size": chunk}})
 
 
 def _bad_folders(inbox: Path, outside: Path) -> list[str]:

@@ -21,30 +21,9 @@ from tests import daemon_process as dp
 from tests.conftest import make_clip, point_prompt
 from tests.test_untrusted_input import _png_header_only
 
-CONFIG = """
-[paths]
-inboxes = ["inbox"]
-[[paths.inbox]]
-path = "trusted"
-trusted = true
-[watch]
-settle_seconds = 0.5
-[models]
-sam2_weights = "random"
-image_size = 256
-[output]
-preview = false
-[daemon]
-tick_seconds = 0.1
-progress_seconds = 0.1
-[limits]
-max_files = 500
-min_free_mb = {min_free}
-"""
-
-
 def _config(root: Path, min_free: int = 0) -> None:
-    (root / "config.toml").write_text(CONFIG.format(min_free=min_free))
+    dp.write_config(root, {"paths": {"inboxes": ["inbox"]}, "limits": {"max_files": 500, "min_free_mb": min_free}},
+                    '[[paths.inbox]]\npath = "trusted"\ntrusted = true\n')
     for d in ("inbox", "trusted"):
         (root / d).mkdir(exist_ok=True)
 

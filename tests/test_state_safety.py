@@ -26,6 +26,7 @@ from core.config import load_config
 from core.errors import StateError
 from core.state_lock import DaemonLock
 from core.store import Access, Store
+from tests.daemon_process import wait
 from tui.app import ReelmaskApp
 from tui.widgets import QueueTable
 
@@ -34,15 +35,7 @@ DEADLINE = 120.0  # seconds; generous, a loaded machine takes long to start a Py
 
 
 def _wait(cond, what: str, proc: subprocess.Popen | None = None, timeout: float = DEADLINE):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited with {proc.returncode} while waiting for {what}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait(cond, timeout, what, proc)
 
 
 def _cli(cwd: Path, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
