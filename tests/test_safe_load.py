@@ -169,11 +169,14 @@ def test_what_is_not_an_ultralytics_checkpoint_is_a_model_error(name, make, expe
 def test_real_weights_load_through_the_safe_path_and_detect():
     weights = data_path(*YOLO_FILE)
     frame = cv2.cvtColor(cv2.imread(str(data_path("vos", "dog", "images", "00010.jpg"))), cv2.COLOR_BGR2RGB)
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     detector = Detector(weights)
     assert detector.path == weights and len(detector.names) == 80
     assert not Path(detector.model.ckpt_path).exists()           # Ultralytics read a private copy, now deleted
     dogs = detector.detect([(10, frame)], detector.class_ids(["dog"]), 0.5)
     assert [d.class_name for d in dogs] == ["dog"] and dogs[0].confidence == pytest.approx(0.79, abs=0.03)
+    # Ultralytics sets both for the whole process; SAM2 beside it must keep its threads
+    assert (torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")) == (threads, omp)
 
 
 def test_ultralytics_is_given_the_checked_bytes(tmp_path: Path):
