@@ -18,11 +18,11 @@ from typing import Callable, Iterator
 
 from core.config import Config, LimitsConfig, parse_toml, with_overrides
 from core.engine.build import build_engine, mask_regions, matting_segmentation, self_train_requested
-from core.engine.chunks import plan_chunks
-from core.engine.events import AlphaResult, ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
+from core.engine.chunks import Chunk, plan_chunks
+from core.engine.events import AlphaResult, ChunkFinished, ChunkStarted, EngineWarning, FrameResult, Phase, PromptUsed
 from core.errors import ConfigError, FrameFolderError
 from core.frames import FrameFolder, FrameReader, to_model_input
-from core.modes import Mode, ModeChoice, choose_mode, require_available
+from core.modes import Mode, ModeChoice, choose_mode
 from core.outputs.folder import MANIFEST, check_target, open_staging, publish, staging_path, write_json
 from core.outputs.checkpoint import Checkpoint, truncate_lines
 from core.outputs.manifest import add_engine_records, build_manifest, utc_now
@@ -31,6 +31,10 @@ from core.intake import check_tree, read_text
 from core.prompts import PROMPTS_FILE, Prompts, mask_names, parse_prompts, read_prompts_json
 
 log = logging.getLogger(__name__)
+
+# the pipeline is the one door to a job: callers (the CLI, the daemon) take the events it yields from here
+__all__ = ["AlphaResult", "ChunkFinished", "ChunkStarted", "EngineWarning", "FrameResult", "JobFinished",
+           "JobStarted", "ModelPool", "Phase", "PreparedJob", "PromptUsed", "prepare_job", "run_job"]
 
 JOB_TOML = "job.toml"
 
@@ -54,6 +58,7 @@ class JobStarted:
     frames_total: int
     chunks: int
     frames_done: int = 0  # already written by an earlier, interrupted run
+    plan: tuple[Chunk, ...] = ()  # the forward chunks, as they will be reported (empty: planned as they come)
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,6 @@ def prepare_job(input_dir: Path, config: Config, *, mode: str | None = None, inb
     prompts = Prompts() if raw_prompts is None else parse_prompts(raw_prompts, folder, input_dir / PROMPTS_FILE,
                                                                   limits)
     choice = choose_mode(input_dir, prompts, explicit=mode, job_mode=job_mode, inbox_mode=inbox_mode)
-    require_available(choice.mode)
     if choice.mode is Mode.DETECT and self_train_requested(prompts, config) and not prompts.objects:
         raise ConfigError("detector self-training needs the object(s) to learn: add \"objects\" with points or "
                           "boxes on the first frames to prompts.json (and keep \"mode\": \"detect\")")
@@ -280,7 +284,9 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
                           chunks=chunks, scratch=stage, models=models, should_stop=should_stop,
                           resume_from=(ckpt, stage) if previous is not None else None)
     resumed_from = None
-    yield JobStarted(job.job_id, job.choice.mode, len(folder), len(chunks), ckpt.frames_written)
+    # detect with self-training cuts its chunks after training, so they are announced as they start
+    yield JobStarted(job.job_id, job.choice.mode, len(folder), len(chunks), ckpt.frames_written,
+                     tuple(chunks) if resumable else ())
     try:
         for event in engine.run():
             if isinstance(event, FrameResult):

@@ -16,12 +16,10 @@ import traceback
 from pathlib import Path
 
 from core.config import Config
-from core.engine.build import self_train_requested
-from core.engine.chunks import plan_chunks
-from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, Phase
 from core.errors import Cancelled, FrameFolderError, ReelmaskError
 from core.outputs.folder import staging_path
-from core.pipeline import JobFinished, JobStarted, ModelPool, prepare_job, run_job
+from core.pipeline import (ChunkFinished, ChunkStarted, EngineWarning, FrameResult, JobFinished, JobStarted, ModelPool,
+                           Phase, prepare_job, run_job)
 from core.store import Job, JobState, Store
 from daemon.folders import MoveError, move_folder, park_failed, unique_path, write_error
 
@@ -145,10 +143,6 @@ class Worker:
             prepared = prepare_job(input_dir, cfg, mode=job.mode, inbox_mode=job.inbox_mode, job_id=job.id,
                                    trusted=self._trusted(job), confined=True)
             store.update_job(job.id, mode=prepared.choice.mode.value, frames_total=len(prepared.folder))
-            c = prepared.config.chunking
-            if not self_train_requested(prepared.prompts, prepared.config):  # its chunks are planned after training
-                store.plan_chunk_rows(job.id, "forward", [(k.index, k.start, k.end - 1) for k in
-                                                          plan_chunks(len(prepared.folder), c.chunk_size, c.overlap)])
             store.log("info", f"{job.name}: {prepared.choice.mode.value} ({prepared.choice.reason}), "
                               f"{len(prepared.folder)} frames, attempt {job.attempts}", job.id)
             manifest = None
@@ -254,6 +248,7 @@ class _Progress:
 
     def on_event(self, event: object) -> None:
         if isinstance(event, JobStarted):
+            self.store.plan_chunk_rows(self.job_id, "forward", [(k.index, k.start, k.end - 1) for k in event.plan])
             self.total, self.done = event.frames_total, event.frames_done
             self.flush(force=True)
         elif isinstance(event, FrameResult):

@@ -343,3 +343,22 @@ def test_yolo_weights_are_not_a_unet(tmp_path: Path):
     yolo = data_path("models", "yolo11n-coco-dequant.pt")
     with pytest.raises(ModelError, match="is not a reelmask U-Net checkpoint"):
         read_header(yolo)
+
+
+def test_a_daemon_unet_job_records_the_chunks_it_ran(tmp_path: Path, unet_checkpoint: Path):
+    """The worker records the chunks the pipeline announces: a unet job's chunks share no frames
+    (the daemon used to plan them again with chunking.overlap and left a row pending for ever)."""
+    import threading
+
+    from core.store import Store
+    from daemon.worker import Worker
+
+    clip = make_clip(tmp_path / "clip", n=9)
+    places = [f"paths.{k}={tmp_path / k}" for k in ("work", "outbox", "done", "failed")]
+    cfg = _cfg(f"models.unet={unet_checkpoint}", "chunking.chunk_size=4", "chunking.overlap=1",
+               f"paths.db={tmp_path / 'state.db'}", "limits.min_free_mb=0", *places)
+    store = Store(tmp_path / "state.db")
+    job_id = store.add_job("clip", clip, source="submit", mode="unet")
+    assert Worker(cfg, "w", "cpu", threading.Event()).step()
+    assert store.job(job_id).state == "done"
+    assert [(c["start"], c["end"], c["state"]) for c in store.chunks(job_id)] == [(0, 3, "done"), (4, 8, "done")]
