@@ -8,16 +8,25 @@ import shutil
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from core import __version__
 from core.config import Config
 from core.engine.chunks import Chunk
+from core.frames import FrameFolder
+from core.modes import ModeChoice
 from core.outputs.writer import OutputWriter
 from core.prompts import Prompts
 
-if TYPE_CHECKING:
-    from core.pipeline import PreparedJob
+
+class JobFacts(Protocol):
+    """What the manifest reads of a job (the pipeline's prepared job has these)."""
+
+    job_id: str
+    input: Path
+    folder: FrameFolder
+    config: Config
+    choice: ModeChoice
 
 
 def utc_now() -> str:
@@ -60,7 +69,7 @@ def model_record(model, cfg: Config) -> tuple[dict, dict, dict]:
     return {"sam2": info}, weights, {"sam2_seconds": round(model.seconds, 3)}
 
 
-def build_manifest(job: "PreparedJob", out: Path, chunks: list[Chunk], chunk_log: dict, model, warnings: list[str],
+def build_manifest(job: JobFacts, out: Path, chunks: list[Chunk], chunk_log: dict, model, warnings: list[str],
                    writer: OutputWriter, prompt_counts: dict[int, int], *, prompts: Prompts, started_at: str,
                    total: float, model_seconds: float, frame_wait: float) -> dict:
     """`prompts` are the ones the mode used (none for unet mode)."""
