@@ -21,10 +21,6 @@ class ModelError(ReelmaskError):
     """A model cannot be found, downloaded, verified or built."""
 
 
-class ModeNotAvailable(ReelmaskError):
-    """The requested mode is not part of this build yet."""
-
-
 class OutputError(ReelmaskError):
     """The output folder cannot be written."""
 

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import ModeNotAvailable, PromptError
+from core.errors import PromptError
 from core.prompts import Prompts
 
 
@@ -26,9 +26,6 @@ class Mode(str, enum.Enum):
             names = ", ".join(m.value for m in cls)
             raise PromptError(f"{where}: unknown mode '{value}'; choose one of {names}") from None
 
-
-# Modes whose pipelines exist in this build. The rest fail with ModeNotAvailable.
-AVAILABLE = set(Mode)
 
 
 @dataclass(frozen=True)
@@ -61,12 +58,3 @@ def choose_mode(
     if inbox_mode:
         return ModeChoice(Mode.parse(inbox_mode, "inbox configuration"), f"default mode of the inbox ({inbox_mode})")
     return ModeChoice(Mode.PROMPTLESS, "no prompts, masks or detect section")
-
-
-def require_available(mode: Mode) -> None:
-    if mode not in AVAILABLE:
-        ready = ", ".join(m.value for m in Mode if m in AVAILABLE)
-        raise ModeNotAvailable(
-            f"mode '{mode.value}' is not available yet in this version of reelmask (available: {ready}); "
-            "choose another with --mode"
-        )

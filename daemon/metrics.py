@@ -10,10 +10,6 @@ class Sampler:
     def __init__(self):
         self.probe = MemoryProbe()
 
-    @property
-    def has_gpu(self) -> bool:
-        return self.probe.has_gpu
-
     def sample(self, store: Store) -> None:
         rss = self.probe.rss_mb()
         for d in self.probe.read():

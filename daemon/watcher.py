@@ -140,6 +140,9 @@ class InboxWatcher:
                     found.append((folder, inbox))
         for gone in set(self._state) - present:
             del self._state[gone]
+        with self._lock:  # events of folders that left the inboxes (claimed, moved away)
+            for gone in set(self._activity) - present:
+                del self._activity[gone]
         return found
 
     def _is_ready(self, folder: Path, now: float) -> bool:
@@ -154,8 +157,3 @@ class InboxWatcher:
         self._state[folder] = (sig, changed_at)
         # an empty folder becomes a job too, and fails with a clear error.txt
         return not sig.partial and now - changed_at >= self.settle
-
-    def forget(self, folder: Path) -> None:
-        self._state.pop(folder, None)
-        with self._lock:
-            self._activity.pop(folder, None)

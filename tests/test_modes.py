@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import ModeNotAvailable, PromptError
-from core.modes import Mode, choose_mode, require_available
+from core.errors import PromptError
+from core.modes import Mode, choose_mode
 from core.prompts import DetectRequest, ObjectPrompt, Prompts
 
 OBJ = (ObjectPrompt(1, 0, points=((1, 1),), labels=(1,)),)
@@ -31,13 +31,3 @@ def test_first_match_wins(tmp_path: Path, masks, prompts, kw, expected):
 def test_unknown_mode_is_named(tmp_path: Path):
     with pytest.raises(PromptError, match="unknown mode 'trak'; choose one of track"):
         choose_mode(tmp_path, Prompts(), explicit="trak")
-
-
-def test_every_mode_is_available_and_a_missing_one_would_say_so(monkeypatch):
-    for mode in Mode:
-        require_available(mode)
-    from core import modes
-
-    monkeypatch.setattr(modes, "AVAILABLE", set(Mode) - {Mode.MATTING})
-    with pytest.raises(ModeNotAvailable, match="mode 'matting' is not available yet"):
-        require_available(Mode.MATTING)

@@ -70,7 +70,6 @@ class OutputWriter:
         self._error: BaseException | None = None
         self.object_frames: dict[int, int] = {}   # object id -> frames where it has pixels
         self.frames_written = 0
-        self.alphas_written = 0
         self.prompt_lines = 0
         self._thread = threading.Thread(target=self._loop, name="output-writer", daemon=True)
         self._thread.start()
@@ -142,7 +141,6 @@ class OutputWriter:
             if rgba is not None:
                 (self.root / FOREGROUND_DIR).mkdir(exist_ok=True)
                 cv2.imwrite(str(self.root / FOREGROUND_DIR / f"{stem}.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
-            self.alphas_written += 1
             return
         _, frame, id_map = item
         id_map = fill_small_holes(id_map, self._fill)
