@@ -40,6 +40,7 @@ import numpy as np
 from core.engine.chunks import Chunk, forward_handover_frame
 from core.engine.detect import DetectEngine, _ChunkPlan
 from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
+from core.engine.keyframes import mask_iou
 from core.errors import Cancelled
 from core.frames import FrameReader
 from core.models.yolo import Detection
@@ -57,11 +58,6 @@ class _Solo:
 
     def read(self, frame: int) -> np.ndarray:
         return cv2.imread(str(self.maps / f"{frame:08d}.png"), cv2.IMREAD_UNCHANGED)
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 0.0
 
 
 class ParallelDetectEngine(DetectEngine):

@@ -14,6 +14,7 @@ from typing import Callable
 
 from core.config import Config
 from core.errors import ModelError
+from core.outputs.folder import write_json
 from core.models.registry import SAM2_VARIANTS, Sam2Variant, find_variant
 
 CACHE_ENV = "REELMASK_CACHE"
@@ -66,7 +67,7 @@ def sha256_file(path: Path, cache: Path | None = None) -> str:
     digest = h.hexdigest()
     if memo_path:
         memo[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-        _write_json(memo_path, memo)
+        write_json(memo_path, memo)
     return digest
 
 
@@ -75,13 +76,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def pinned(variant: Sam2Variant, cfg: Config | None) -> tuple[int | None, str | None]:
@@ -99,7 +93,7 @@ def _pin(variant: Sam2Variant, size: int, digest: str, cfg: Config | None) -> No
     path = sam2_dir(cfg) / "checksums.json"
     pins = _read_json(path)
     pins[variant.name] = {"size": size, "sha256": digest}
-    _write_json(path, pins)
+    write_json(path, pins)
 
 
 def verify(path: Path, variant: Sam2Variant, cfg: Config | None) -> str:

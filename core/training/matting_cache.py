@@ -23,6 +23,7 @@ import numpy as np
 
 from core.errors import Cancelled
 from core.matting import features as feature_spec
+from core.outputs.folder import write_json
 from core.training.events import TrainPrepare
 from core.training.matting_data import Sample, coarse_mask, composite
 
@@ -72,7 +73,7 @@ class FeatureCache:
 
             tracker = make_tracker()
             extractor = Sam2Features(tracker)
-            _write_json(self.root / SAM2_FILE, {**sam2_identity(tracker), **self.sam2_key})
+            write_json(self.root / SAM2_FILE, {**sam2_identity(tracker), **self.sam2_key})
         for done, sample in enumerate(missing, 1):
             if should_stop():
                 raise Cancelled("training cancelled while caching SAM2 outputs; the cache keeps what is done "
@@ -84,7 +85,7 @@ class FeatureCache:
         stats = FillStats(len(samples), len(missing), len(samples) - len(missing),
                           round(time.perf_counter() - began, 3) if missing else 0.0,
                           round(extractor.seconds, 3) if extractor else 0.0)
-        _write_json(self.root / INDEX_FILE, asdict(stats))
+        write_json(self.root / INDEX_FILE, asdict(stats))
         return stats
 
     def _compute(self, sample: Sample, extractor) -> None:
@@ -117,9 +118,3 @@ class CachedSamples:
     def __getitem__(self, index: int):
         with np.load(self.paths[index]) as z:
             return z["rgb"], z["mask"], z["features"], z["alpha"]
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
