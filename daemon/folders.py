@@ -9,14 +9,18 @@ link planted under that name in a dropped folder is replaced, not written throug
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import tempfile
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ReelmaskError
 from core.outputs.folder import fit_name, hidden_sibling
+
+log = logging.getLogger(__name__)
 
 ERROR_FILE = "error.txt"
 
@@ -91,6 +95,34 @@ def park_failed(current: Path, failed: Path, name: str) -> Path:
         move_folder(current, holder, name)
         return holder
     return move_folder(current, failed, name)
+
+
+@dataclass(frozen=True)
+class Filed:
+    """What `file_failure` did: where the input went in failed/ (None: not moved), and the reason and
+    details as recorded, each with what went wrong on the way added."""
+
+    moved_to: Path | None
+    reason: str
+    detail: str
+
+
+def file_failure(failed: Path, name: str, reason: str, detail: str, folder: Path | None = None) -> Filed:
+    """Move `folder` (when given) into failed/ and write error.txt for the job, never raising: a move or a
+    write that fails (a read-only inbox, a full disk) is told in the reason or the details instead."""
+    moved = None
+    if folder is not None:
+        try:
+            moved = park_failed(folder, failed, name)
+        except MoveError as e:
+            reason += f" The folder could not be moved to failed/ ({e}); it is still at {folder}."
+    target = moved or unique_path(failed, name)
+    try:
+        write_error(target, reason, detail)
+    except OSError as e:
+        log.error("cannot write %s: %s", target / ERROR_FILE, e)
+        detail += f"\n\nerror.txt could not be written into {target}: {e}"
+    return Filed(moved, reason, detail)
 
 
 def write_error(folder: Path, reason: str, detail: str = "") -> Path:

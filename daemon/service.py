@@ -21,7 +21,7 @@ from core.store import CommandKind, JobState, Store
 from daemon.metrics import Sampler
 from daemon.watcher import Inbox, InboxWatcher, tree_signature
 from daemon.adopt import adopt_strays
-from daemon.folders import MoveError, move_folder, park_failed, safe_name, unique_path, write_error
+from daemon.folders import MoveError, file_failure, move_folder, safe_name
 from daemon.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -148,17 +148,10 @@ class Daemon:
         once: it is moved into failed/ as it is (a link stays a link) with error.txt beside it."""
         name = safe_name(entry.name)
         job_id = self.store.add_job(name, inbox.path / name, source="inbox", inbox_mode=inbox.mode, refused=reason)
-        failed = self.cfg.path(self.cfg.paths.failed)
-        try:
-            target = current = park_failed(entry, failed, name)
-        except MoveError as e:
-            target, current = unique_path(failed, name), inbox.path / name
-            reason += f" It could not be moved out of the inbox either ({e})."
-        try:
-            write_error(target, reason, f"job {job_id}, input {inbox.path / name}")
-        except OSError as e:
-            log.error("cannot write error.txt into %s: %s", target, e)
-        self.store.finish_job(job_id, JobState.FAILED, error=reason, input_path=str(current))
+        filed = file_failure(self.cfg.path(self.cfg.paths.failed), name, reason,
+                             f"job {job_id}, input {inbox.path / name}", entry)
+        reason = safe_name(filed.reason)  # a failed move names the entry: keep the text printable (and storable)
+        self.store.finish_job(job_id, JobState.FAILED, error=reason, input_path=str(filed.moved_to or inbox.path / name))
         self.store.log("error", f"{name}: {reason}", job_id)
         log.error("%s: %s", name, reason)
 
@@ -199,23 +192,12 @@ class Daemon:
             self.store.log("warning", f"{job.name}: cancelled", job.id)
             self.store.finish_command(cmd_id, "done")
             return
-        failed = self.cfg.path(self.cfg.paths.failed)
         current = Path(job.input_path)
-        target = None
-        if job.source == "inbox" and current.is_dir() and not current.is_symlink():
-            try:
-                with self.inbox_lock:
-                    target = current = move_folder(current, failed, job.name)
-            except MoveError as e:
-                reason += f" The folder could not be moved to failed/ ({e}); it is still at {current}."
-                self.store.update_job(job.id, error=reason)
-        if target is None:
-            target = unique_path(failed, job.name)
-        try:
-            write_error(target, reason, f"job {job.id}, input {job.origin_path}")
-        except OSError as e:
-            log.error("cannot write error.txt into %s: %s", target, e)
-        self.store.update_job(job.id, input_path=str(current))
+        owned = job.source == "inbox" and current.is_dir() and not current.is_symlink()
+        with self.inbox_lock:  # workers claim inbox folders under the same lock
+            filed = file_failure(self.cfg.path(self.cfg.paths.failed), job.name, reason,
+                                 f"job {job.id}, input {job.origin_path}", current if owned else None)
+        self.store.update_job(job.id, error=filed.reason, input_path=str(filed.moved_to or current))
         self.store.log("warning", f"{job.name}: cancelled", job.id)
         self.store.finish_command(cmd_id, "done")
 

@@ -21,7 +21,7 @@ from core.outputs.folder import staging_path
 from core.pipeline import (ChunkFinished, ChunkStarted, EngineWarning, FrameResult, JobFinished, JobStarted, ModelPool,
                            Phase, prepare_job, run_job)
 from core.store import Job, JobState, Store
-from daemon.folders import MoveError, move_folder, park_failed, unique_path, write_error
+from daemon.folders import MoveError, file_failure, move_folder, unique_path
 
 log = logging.getLogger(__name__)
 
@@ -201,23 +201,14 @@ class Worker:
         current = Path(self.store.job(job.id).input_path)
         # messages name the folder the user dropped, not our work copy of it
         reason = reason.replace(str(current), job.origin_path)
-        detail = f"job {job.id}, input {job.origin_path}\n\n{detail}"
-        target = None
-        if job.source == "inbox" and (current.exists() or current.is_symlink()):
-            try:
-                target = current = park_failed(current, failed, job.name)
-            except MoveError as e:
-                reason += f" The folder could not be moved to failed/ either ({e}); it is still at {current}."
+        # submitted folders stay where they are; their error goes to failed/<name>/
+        owned = job.source == "inbox" and (current.exists() or current.is_symlink())
+        filed = file_failure(failed, job.name, reason, f"job {job.id}, input {job.origin_path}\n\n{detail}",
+                             current if owned else None)
+        reason, current = filed.reason, filed.moved_to or current
         if not current.is_relative_to(work / job.id):
             shutil.rmtree(work / job.id, ignore_errors=True)
-        if target is None:  # submitted folders stay where they are; the error goes to failed/<name>/
-            target = unique_path(failed, job.name)
-        try:
-            write_error(target, reason, detail)
-        except OSError as e:
-            log.error("cannot write %s: %s", target / "error.txt", e)
-            detail += f"\n\nerror.txt could not be written into {target}: {e}"
-        self.store.finish_job(job.id, state, error=reason, detail=detail, input_path=str(current))
+        self.store.finish_job(job.id, state, error=reason, detail=filed.detail, input_path=str(current))
         self.store.log("error" if state is JobState.FAILED else "warning", f"{job.name}: {reason}", job.id)
         log.log(logging.ERROR if state is JobState.FAILED else logging.WARNING, "%s: %s", job.name, reason)
 
