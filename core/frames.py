@@ -154,6 +154,15 @@ def image_size(path: Path, max_pixels: int, what: str = "image") -> tuple[int, i
         raise FrameFolderError(f"{what} {path.name} cannot be read as an image ({e}); re-export or remove it") from e
 
 
+def check_frame_sized(path: Path, width: int, height: int, what: str) -> None:
+    """`path` (a mask, a difference image) must be an image of the frames' size, read from its header, so a
+    file that would decode to gigabytes is refused without decoding it."""
+    size = image_size(path, width * height, what)
+    if size != (width, height):
+        raise FrameFolderError(f"{what} {path.name} is {size[0]}x{size[1]} but the frames are {width}x{height}; "
+                               "it must match its frame")
+
+
 def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int, what: str) -> None:
     w, h = size
     if w * h > max_pixels:

@@ -16,7 +16,7 @@ import numpy as np
 
 from core.config import LimitsConfig
 from core.errors import FrameFolderError, PromptError
-from core.frames import FrameFolder, image_size
+from core.frames import FrameFolder, check_frame_sized
 from core.intake import read_text
 
 PROMPTS_FILE = "prompts.json"
@@ -65,12 +65,9 @@ class ObjectPrompt:
 def check_mask_header(path: Path, width: int, height: int, who: str) -> None:
     """A mask prompt must be an image of the frame size; read from its header, before any decoding."""
     try:
-        size = image_size(path, width * height, "mask")
-    except FrameFolderError as e:  # larger than a frame, or not an image at all
+        check_frame_sized(path, width, height, "mask")
+    except FrameFolderError as e:  # another size, or not an image at all
         raise PromptError(f"{who}: {e}; give a PNG of the frame size ({width}x{height})") from e
-    if size != (width, height):
-        raise PromptError(f"{who}: mask {path.name} is {size[0]}x{size[1]} but the frames are {width}x{height}; "
-                          "give a mask of the frame size")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import numpy as np
 from core.engine.chunks import Chunk, Resumable
 from core.engine.events import AlphaResult, ChunkFinished, ChunkStarted, FrameResult
 from core.errors import Cancelled, FrameFolderError
-from core.frames import IMAGE_SUFFIXES, FrameFolder, decode_rgb
+from core.frames import IMAGE_SUFFIXES, FrameFolder, check_frame_sized, decode_rgb
 
 
 def mask_files(folder: FrameFolder) -> list[Path]:
@@ -37,11 +37,9 @@ def mask_files(folder: FrameFolder) -> list[Path]:
             f"matting with masks/ needs a mask for every frame, but {len(missing)} of {len(folder)} have none in "
             f"{root} (first: {missing[0]}); add masks named after the frames (masks/{folder.stem(0)}.png), or "
             "remove masks/ to let SAM2 segment")
-    from core.engine.regions import check_sidecar
-
     files = [found[folder.stem(i)] for i in range(len(folder))]
     for path in files:
-        check_sidecar(path, folder, "mask")
+        check_frame_sized(path, folder.width, folder.height, "mask")
     return files
 
 

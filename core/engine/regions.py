@@ -17,7 +17,7 @@ import numpy as np
 from core.engine.chunks import Chunk
 from core.engine.keyframes import Region
 from core.errors import FrameFolderError
-from core.frames import IMAGE_SUFFIXES, FrameFolder, decode_rgb, image_size
+from core.frames import IMAGE_SUFFIXES, FrameFolder, check_frame_sized, decode_rgb
 
 
 class AutomaticRegions:
@@ -56,19 +56,10 @@ def _find_sidecar(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def check_sidecar(path: Path, folder: FrameFolder, what: str) -> None:
-    """A file of masks/ or diffs/ must be an image of the frames' size, read from its header (so an image
-    that would decode to gigabytes is refused without decoding it)."""
-    size = image_size(path, folder.width * folder.height, what)
-    if size != (folder.width, folder.height):
-        raise FrameFolderError(f"{what} {path.name} is {size[0]}x{size[1]} but the frames are "
-                               f"{folder.width}x{folder.height}; it must match its frame")
-
-
 def read_sidecar(path: Path, folder: FrameFolder, what: str) -> np.ndarray:
     """A mask or difference image of masks/ or diffs/ as HxW values (the largest channel of a colour
     file), checked to be readable and of the frames' size."""
-    check_sidecar(path, folder, what)
+    check_frame_sized(path, folder.width, folder.height, what)
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise FrameFolderError(f"{what} {path} cannot be read; re-export or remove it")
@@ -98,10 +89,10 @@ class MaskRegions:
                 f"masks like {', '.join(names) or 'nothing'}); name each mask after its frame, e.g. "
                 f"masks/{folder.stem(0)}.png")
         for i in self.mask_frames:  # every file a job will read, checked before any model loads
-            check_sidecar(_find_sidecar(self.masks_dir, folder.stem(i)), folder, "mask")
+            check_frame_sized(_find_sidecar(self.masks_dir, folder.stem(i)), folder.width, folder.height, "mask")
             diff = _find_sidecar(self.diffs_dir, folder.stem(i)) if self.has_diffs else None
             if diff is not None:
-                check_sidecar(diff, folder, "difference image")
+                check_frame_sized(diff, folder.width, folder.height, "difference image")
         self.dropped = 0  # components the difference filter removed
 
     def keyframes(self, chunk: Chunk) -> list[int]:
