@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import traceback
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from core.config import Config, parse_sets, with_overrides
 from core.errors import Cancelled, ReelmaskError
 from core.store import Job, JobState, Store
 from core.training.events import EpochEnd, TrainFinished, TrainPrepare, TrainStarted, TrainStep, format_metrics
+from daemon.progress import JobProgress, finish_cancel_commands
 
 log = logging.getLogger(__name__)
 
@@ -28,25 +28,18 @@ class TrainingRun:
         self.store, self.job, self.stop = store, job, stop
         sets = job.option_values.get("sets")
         self.cfg = with_overrides(cfg, parse_sets(sets), "reelmask train --set") if sets else cfg
-        self.every = cfg.daemon.progress_seconds
-        self.total = 0
-        self.done = 0
-        self.epoch: int | None = None
+        # progress counts steps (total None until known), its chunk is the running epoch
+        self.progress = JobProgress(store, job.id, cfg.daemon.progress_seconds, stop, on_write=self._write_losses)
         self.epochs = 0
-        self._last_write = 0.0
         self._losses: list[float] = []
-        self._rate: list[tuple[float, int]] = []
-        self._cancel_checked = 0.0
-        self._cancelled = False
 
-    def should_stop(self) -> bool:
-        if self.stop.is_set() or self._cancelled:
-            return True
-        now = time.monotonic()
-        if now - self._cancel_checked >= 0.2:
-            self._cancel_checked = now
-            self._cancelled = self.store.has_pending_cancel(self.job.id)
-        return self._cancelled
+    @property
+    def done(self) -> int:
+        return self.progress.done
+
+    @property
+    def epoch(self) -> int | None:
+        return self.progress.chunk[1] if self.progress.chunk else None
 
     def execute(self) -> None:
         from core.training.registry import trainer
@@ -58,7 +51,7 @@ class TrainingRun:
                 raise ReelmaskError("this training job has no output folder; queue it again with `reelmask train --queue`")
             store.log("info", f"training {job.mode} on {job.input_path} -> {out}, attempt {job.attempts}", job.id)
             finished = None
-            for event in trainer(job.mode)(Path(job.input_path), out, self.cfg, should_stop=self.should_stop,
+            for event in trainer(job.mode)(Path(job.input_path), out, self.cfg, should_stop=self.progress.should_stop,
                                            resume=True):
                 finished = self.on_event(event) or finished
             store.finish_job(job.id, JobState.DONE)
@@ -73,9 +66,7 @@ class TrainingRun:
             else:
                 store.finish_job(job.id, JobState.CANCELLED, error="The training was cancelled before it finished.")
                 store.log("warning", "training cancelled; last.pt keeps the last finished epoch", job.id)
-                for cmd in store.pending_commands():
-                    if cmd.kind == "cancel" and cmd.job_id == job.id:
-                        store.finish_command(cmd.id, "done", "cancelled while running")
+                finish_cancel_commands(store, job.id)
         except Exception as e:
             self._mark_epoch("failed")
             reason = str(e) if isinstance(e, ReelmaskError) else \
@@ -88,9 +79,10 @@ class TrainingRun:
         store, job_id = self.store, self.job.id
         if isinstance(event, TrainStarted):
             self.epochs = event.epochs
-            self.total = event.epochs * event.steps_per_epoch
-            self.done = (event.start_epoch - 1) * event.steps_per_epoch
-            store.update_job(job_id, frames_total=self.total)
+            total = event.epochs * event.steps_per_epoch
+            self.progress.total = total or None
+            self.progress.done = (event.start_epoch - 1) * event.steps_per_epoch
+            store.update_job(job_id, frames_total=total)
             for e in range(event.start_epoch, event.epochs + 1):
                 store.set_chunk(job_id, EPOCH, e, self.done, self.done, "pending")
             store.log("info", f"{event.train_items} training / {event.val_items} validation samples, "
@@ -98,14 +90,13 @@ class TrainingRun:
                               f"on {event.device}", job_id)
             for warning in event.warnings:
                 store.log("warning", warning, job_id)
-            self._flush(force=True)
+            self.progress.flush(force=True)
         elif isinstance(event, TrainStep):
             if event.epoch != self.epoch:
-                self.epoch = event.epoch
-                store.set_chunk(job_id, EPOCH, event.epoch, self.done, self.done, "running")
-            self.done += 1
+                self.progress.start_chunk(EPOCH, event.epoch, self.done, self.done)
+            self.progress.done += 1
             self._losses.append(event.loss)
-            self._flush()
+            self.progress.flush()
         elif isinstance(event, TrainPrepare):  # until TrainStarted the progress counts this work
             store.set_progress(job_id, event.done, event.total or None, None, None)
             if event.done == 0 or event.done == event.total:
@@ -116,12 +107,11 @@ class TrainingRun:
             shown = format_metrics(event.metrics)
             store.log("info", f"before training: {shown}", job_id)
         elif isinstance(event, EpochEnd):
-            self._flush(force=True)
+            self.progress.flush(force=True)
             store.add_train_metric(job_id, event.epoch, self.done, None, event.metrics)
-            store.set_chunk(job_id, EPOCH, event.epoch, self.done, self.done, "done", round(event.seconds, 3))
+            self.progress.end_chunk(EPOCH, event.epoch, self.done, self.done, event.seconds)
             shown = format_metrics(event.metrics)
             store.log("info", f"epoch {event.epoch}/{self.epochs}: {shown}{' (best)' if event.best else ''}", job_id)
-            self.epoch = None
         elif isinstance(event, TrainFinished):
             if event.stopped_early:  # the epochs left will not run: say so, and the bar ends full
                 last = max((c["idx"] for c in store.chunks(job_id) if c["state"] == "done"), default=0)
@@ -129,26 +119,17 @@ class TrainingRun:
                     store.set_chunk(job_id, EPOCH, e, self.done, self.done, "skipped")
                 store.log("info", f"stopped early after epoch {last}: no better validation loss for "
                                   f"{self.cfg.train.patience} epochs", job_id)
-                self.total = self.done
-                store.update_job(job_id, frames_total=self.total)
-                self._flush(force=True)
+                self.progress.total = self.done or None
+                store.update_job(job_id, frames_total=self.done)
+                self.progress.flush(force=True)
             return event
         return None
 
-    def _flush(self, force: bool = False) -> None:
-        now = time.monotonic()
-        self._rate.append((now, self.done))
-        self._rate = [r for r in self._rate if now - r[0] <= 10.0]
-        if not force and now - self._last_write < self.every:
-            return
-        self._last_write = now
-        if self._losses:  # the mean loss since the last write: one curve point per write, not per step
+    def _write_losses(self) -> None:
+        """Before each progress write: the mean loss since the last one, one curve point per write, not per step."""
+        if self._losses:
             self.store.add_train_metric(self.job.id, self.epoch or 0, self.done, sum(self._losses) / len(self._losses))
             self._losses = []
-        first = self._rate[0]
-        rate = (self.done - first[1]) / (now - first[0]) if now > first[0] else None
-        self.store.set_progress(self.job.id, self.done, self.total or None, round(rate, 3) if rate else None, self.epoch)
 
     def _mark_epoch(self, state: str) -> None:
-        if self.epoch is not None:
-            self.store.set_chunk(self.job.id, EPOCH, self.epoch, self.done, self.done, state)
+        self.progress.mark_chunk(state, span=(self.done, self.done))  # an epoch row's span is the step count now

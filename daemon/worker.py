@@ -22,6 +22,7 @@ from core.pipeline import (ChunkFinished, ChunkStarted, EngineWarning, FrameResu
                            Phase, prepare_job, run_job)
 from core.store import Job, JobState, Store
 from daemon.folders import MoveError, file_failure, move_folder, unique_path
+from daemon.progress import JobProgress, finish_cancel_commands
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ class Worker:
         store = self.store
         work, outbox, done, failed = self._paths()
         out: Path | None = Path(job.output_path) if job.output_path else None
-        state = _Progress(store, job.id, self.cfg.daemon.progress_seconds)
+        state = JobProgress(store, job.id, self.cfg.daemon.progress_seconds, self.stop)
         try:
             input_dir = self._take_input(job)
             if out is None:
@@ -146,9 +147,9 @@ class Worker:
             store.log("info", f"{job.name}: {prepared.choice.mode.value} ({prepared.choice.reason}), "
                               f"{len(prepared.folder)} frames, attempt {job.attempts}", job.id)
             manifest = None
-            for event in run_job(prepared, out, models=self.models, should_stop=state.should_stop(self.stop),
+            for event in run_job(prepared, out, models=self.models, should_stop=state.should_stop,
                                  keep_partial=True, resume=True):
-                state.on_event(event)
+                _report(state, event)
                 if isinstance(event, ChunkStarted):
                     log.info("%s: chunk %d %s, frames %d-%d", job.name, event.chunk, event.sweep, event.start,
                              event.end - 1)
@@ -171,26 +172,24 @@ class Worker:
             if self.stop.is_set():
                 store.finish_job(job.id, JobState.INTERRUPTED)
                 store.log("warning", f"{job.name}: interrupted by shutdown; resumes from its last finished chunk", job.id)
-                state.fail_chunk("pending")
+                state.mark_chunk("pending")
             else:
                 self._give_up(job, out, JobState.CANCELLED, "The job was cancelled before it finished.", "")
-                state.fail_chunk("cancelled")
-                for cmd in store.pending_commands():
-                    if cmd.kind == "cancel" and cmd.job_id == job.id:
-                        store.finish_command(cmd.id, "done", "cancelled while running")
+                state.mark_chunk("cancelled")
+                finish_cancel_commands(store, job.id)
         except ReelmaskError as e:
             self._give_up(job, out, JobState.FAILED, str(e), traceback.format_exc())
-            state.fail_chunk("failed")
+            state.mark_chunk("failed")
         except OSError as e:  # the disk, not the folder: a full disk, lost permissions, a vanished mount
             where = f" ({e.filename})" if e.filename else ""
             reason = (f"A file could not be read or written: {e.strerror or e}{where}. Free some space or fix the "
                       f"permissions, then run `reelmask retry {job.id[:8]}`.")
             self._give_up(job, out, JobState.FAILED, reason, traceback.format_exc())
-            state.fail_chunk("failed")
+            state.mark_chunk("failed")
         except Exception as e:
             reason = f"reelmask hit an internal error while running this folder ({type(e).__name__}: {e})."
             self._give_up(job, out, JobState.FAILED, reason, traceback.format_exc())
-            state.fail_chunk("failed")
+            state.mark_chunk("failed")
 
     def _give_up(self, job: Job, out: Path | None, state: JobState, reason: str, detail: str) -> None:
         """Fail or cancel a job: no partial output stays, the input goes to failed/ with error.txt. Each
@@ -213,63 +212,21 @@ class Worker:
         log.log(logging.ERROR if state is JobState.FAILED else logging.WARNING, "%s: %s", job.name, reason)
 
 
-class _Progress:
-    """Turns engine events into throttled progress rows and chunk states."""
-
-    def __init__(self, store: Store, job_id: str, every: float):
-        self.store, self.job_id, self.every = store, job_id, every
-        self.done = 0
-        self.total: int | None = None
-        self.chunk: tuple[str, int, int, int] | None = None
-        self._last_write = 0.0
-        self._times: list[tuple[float, int]] = []
-        self._last_cancel_check = 0.0
-        self._cancelled = False
-
-    def should_stop(self, stop: threading.Event):
-        def check() -> bool:
-            if stop.is_set() or self._cancelled:
-                return True
-            now = time.monotonic()
-            if now - self._last_cancel_check >= 0.2:
-                self._last_cancel_check = now
-                self._cancelled = self.store.has_pending_cancel(self.job_id)
-            return self._cancelled
-        return check
-
-    def on_event(self, event: object) -> None:
-        if isinstance(event, JobStarted):
-            self.store.plan_chunk_rows(self.job_id, "forward", [(k.index, k.start, k.end - 1) for k in event.plan])
-            self.total, self.done = event.frames_total, event.frames_done
-            self.flush(force=True)
-        elif isinstance(event, FrameResult):
-            self.done += 1
-            self.flush()
-        elif isinstance(event, ChunkStarted):
-            self.chunk = (event.sweep, event.chunk, event.start, event.end - 1)
-            self.store.set_chunk(self.job_id, event.sweep, event.chunk, event.start, event.end - 1, "running")
-        elif isinstance(event, Phase):
-            self.store.log("info", event.name, self.job_id)
-        elif isinstance(event, EngineWarning):
-            self.store.log("warning", event.message, self.job_id)
-        elif isinstance(event, ChunkFinished):
-            self.store.set_chunk(self.job_id, event.sweep, event.chunk, event.start, event.end - 1, "done",
-                                 round(event.seconds, 3))
-            self.chunk = None
-
-    def fail_chunk(self, state: str) -> None:
-        if self.chunk is not None:
-            sweep, idx, start, end = self.chunk
-            self.store.set_chunk(self.job_id, sweep, idx, start, end, state)
-
-    def flush(self, force: bool = False) -> None:
-        now = time.monotonic()
-        self._times.append((now, self.done))
-        self._times = [t for t in self._times if now - t[0] <= 10.0]
-        if not force and now - self._last_write < self.every:
-            return
-        self._last_write = now
-        first = self._times[0]
-        fps = (self.done - first[1]) / (now - first[0]) if now > first[0] else None
-        idx = self.chunk[1] if self.chunk else None
-        self.store.set_progress(self.job_id, self.done, self.total, round(fps, 3) if fps else None, idx)
+def _report(progress: JobProgress, event: object) -> None:
+    """An engine event becomes chunk rows, throttled progress and log lines."""
+    store, job_id = progress.store, progress.job_id
+    if isinstance(event, JobStarted):
+        store.plan_chunk_rows(job_id, "forward", [(k.index, k.start, k.end - 1) for k in event.plan])
+        progress.total, progress.done = event.frames_total, event.frames_done
+        progress.flush(force=True)
+    elif isinstance(event, FrameResult):
+        progress.done += 1
+        progress.flush()
+    elif isinstance(event, ChunkStarted):
+        progress.start_chunk(event.sweep, event.chunk, event.start, event.end - 1)
+    elif isinstance(event, Phase):
+        store.log("info", event.name, job_id)
+    elif isinstance(event, EngineWarning):
+        store.log("warning", event.message, job_id)
+    elif isinstance(event, ChunkFinished):
+        progress.end_chunk(event.sweep, event.chunk, event.start, event.end - 1, event.seconds)
