@@ -50,7 +50,9 @@ class RunResult:
 
 def run_reelmask(clip: Path, out: Path, sets: list[str], mode: str = "track") -> RunResult:
     """`reelmask run` in a child process; its own peak RSS comes from wait4."""
-    cmd = [sys.executable, "-m", "core.cli", "run", str(clip), "--out", str(out), "--mode", mode, "--quiet"]
+    script = Path(sys.executable).parent / "reelmask"  # the installed console script, as a user runs it
+    cli = [str(script)] if script.is_file() else [sys.executable, "-c", "import sys; from core.cli import main; sys.exit(main())"]
+    cmd = [*cli, "run", str(clip), "--out", str(out), "--mode", mode, "--quiet"]
     for s in sets:
         cmd += ["--set", s]
     start = time.perf_counter()

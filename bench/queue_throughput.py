@@ -64,7 +64,7 @@ def main() -> None:
         (tmp / "config.toml").write_text(CONFIG)
         make_folders(tmp / "prepared", args.folders, args.frames)
         (tmp / "inbox").mkdir()
-        daemon = subprocess.Popen([sys.executable, "-m", "core.cli", "daemon", "--config", str(tmp / "config.toml")],
+        daemon = subprocess.Popen([str(Path(sys.executable).parent / "reelmask"), "daemon", "--config", str(tmp / "config.toml")],
                                   cwd=ROOT, stderr=open(tmp / "daemon.log", "w"), env={**os.environ, "YOLO_OFFLINE": "1"})
         store = Store(tmp / "reelmask.db")
         time.sleep(3)  # let it start

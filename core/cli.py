@@ -1,6 +1,9 @@
 """The `reelmask` command: a thin adapter over the Python API.
 
-Each command's docstring is its --help text, with an example.
+Each command's docstring is its --help text, with an example. Core's commands are this module's and
+those of core/training/cli.py (`train`) and core/evaluate/cli.py (`eval`); daemon/ and tui/ add theirs
+through the `reelmask.commands` entry point group, as core never imports them. A plugin module
+registers its commands with `command` and may use `config_from_args`, `open_store` and `stderr_console`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from core.errors import Cancelled, ReelmaskError
 
 log = logging.getLogger("reelmask")
 
-PLUGIN_GROUP = "reelmask.commands"  # entry points of daemon/ and tui/ add their commands here
+PLUGIN_GROUP = "reelmask.commands"  # daemon/ and tui/ add their commands here: core never imports them
 
 Configure = Callable[[argparse.ArgumentParser], None]
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Configure]] = {}
@@ -33,21 +36,31 @@ def command(configure: Configure = lambda p: None):
     return register
 
 
+class PluginError(ReelmaskError):
+    """A `reelmask.commands` entry point that does not load: the CLI stops instead of losing its commands."""
+
+
 def load_plugins() -> None:
+    """Import every module of the `reelmask.commands` entry point group; each registers with `command`."""
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=PLUGIN_GROUP):
         try:
             ep.load()
-        except ImportError as e:  # a broken optional part must not take the whole CLI down
-            log.warning("command plugin %s unavailable: %s", ep.name, e)
+        except Exception as e:
+            raise PluginError(
+                f"command plugin '{ep.name}' (entry point {ep.value}) failed to load: {type(e).__name__}: {e}; "
+                "reinstall reelmask as the README says (`.venv/bin/pip install --no-build-isolation -e .`) "
+                "or fix that module") from e
 
 
-def _config(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The configuration that --config FILE and --set KEY=VALUE of a command select."""
     return load_config(args.config, args.set or ())
 
 
-def _stderr_console():
+def stderr_console():
+    """A rich Console on stderr, for progress bars and warnings that must not mix with stdout."""
     from rich.console import Console
 
     return Console(stderr=True)
@@ -84,11 +97,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from core.engine.events import ChunkStarted, EngineWarning, FrameResult, Phase
     from core.pipeline import JobFinished, JobStarted, prepare_job, run_job
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     src = Path(args.frames_dir)
     out = Path(args.out) if args.out else cfg.path(cfg.paths.outbox) / src.resolve().name
     job = prepare_job(src, cfg, mode=args.mode, trusted=args.trust_folder)
-    console = _stderr_console()
+    console = stderr_console()
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("frames {task.fields[fps]} fps"), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn()]
@@ -144,7 +157,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from core.models import weights as W
     from core.models.registry import SAM2_VARIANTS, find_variant
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     if args.action == "list":
         from rich.table import Table
 
@@ -170,7 +183,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
         with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
-                      console=_stderr_console()) as bar:
+                      console=stderr_console()) as bar:
             task = bar.add_task(f"pull {variant.name}", total=None)
             path = W.pull(variant, cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
         print(f"{variant.name} verified at {path}")
@@ -195,7 +208,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.defaults:
         sys.stdout.write(render_toml())
         return 0
-    cfg = _config(args)
+    cfg = config_from_args(args)
     import json
 
     print(f"# from: {cfg.source}")
@@ -205,7 +218,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------- queue
 
-def _store(cfg: Config, access: str = "create"):
+def open_store(cfg: Config, access: str = "create"):
     """The state database of `cfg`: "create" (queue work for a daemon that may start later), "write"
     (requests about existing jobs) or "read"; only "create" makes or migrates the file."""
     from core.store import Access, Store
@@ -237,10 +250,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     """
     from core.pipeline import prepare_job
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     src = Path(args.frames_dir).resolve()
     prepare_job(src, cfg, mode=args.mode, trusted=args.trust_folder, confined=True)  # fail now, not in the daemon
-    store = _store(cfg)
+    store = open_store(cfg)
     options = {k: v for k, v in (("sets", list(args.set or ())), ("trusted", args.trust_folder)) if v} or None
     job_id = store.add_job_once(src.name, src, source="submit", mode=args.mode, options=options)
     if job_id is None:
@@ -267,8 +280,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     import json
     import sqlite3
 
-    cfg = _config(args)
-    store = _store(cfg, "read")
+    cfg = config_from_args(args)
+    store = open_store(cfg, "read")
     try:
         jobs, paused = store.jobs(args.state), store.setting("paused") == "1"
     except sqlite3.Error as e:
@@ -300,7 +313,7 @@ def _request(args: argparse.Namespace, kind: str) -> int:
     """Queue a command about one job for the daemon."""
     import sqlite3
 
-    store = _store(_config(args), "write")
+    store = open_store(config_from_args(args), "write")
     try:
         job = _job(store, args.job_id)
         store.add_command(kind, job.id)
@@ -352,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"reelmask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    # core's own commands in other modules; imported here because they import `command` from this one
+    import core.evaluate.cli  # reelmask eval
+    import core.training.cli  # noqa: F401  reelmask train
+
     load_plugins()
     for name, (fn, configure) in COMMANDS.items():
         summary, details = _doc(fn)
@@ -362,7 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except PluginError as e:
+        print(f"reelmask: error: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -385,8 +406,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
-    # run through the imported module, so plugins that import core.cli register in the same registry
-    from core.cli import main as _main
 
-    sys.exit(_main())
+if __name__ == "__main__":  # the commands register on the imported module; `python -m` would run a copy
+    sys.exit("reelmask: run the `reelmask` script (installed beside python), not `python -m core.cli`")

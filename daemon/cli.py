@@ -9,7 +9,7 @@ import signal
 import threading
 from pathlib import Path
 
-from core.cli import _config, command
+from core.cli import command, config_from_args
 from core.config import default_config_path
 
 log = logging.getLogger("daemon.service")
@@ -40,7 +40,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     if os.environ.get("JOURNAL_STREAM"):  # under systemd: journald adds the time itself
         for handler in logging.getLogger().handlers:
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    return Daemon(_config(args), stopping=stopping).run()
+    return Daemon(config_from_args(args), stopping=stopping).run()
 
 
 def _service_args(p: argparse.ArgumentParser) -> None:
@@ -65,7 +65,7 @@ def cmd_service(args: argparse.Namespace) -> int:
 
             config.write_text(render_toml())
     config = config.resolve()
-    _config(args)  # validate before installing
+    config_from_args(args)  # validate before installing
     path = install(config, config.parent, args.user, Path(args.output) if args.output else None)
     scope = "--user " if args.user else ""
     print(f"wrote {path}")

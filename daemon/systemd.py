@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 from pathlib import Path
+
+from core.errors import ReelmaskError
 
 UNIT_NAME = "reelmask.service"
 
 
+def reelmask_script() -> Path:
+    """The installed `reelmask` console script: beside this Python (its venv), else the one on PATH."""
+    beside = Path(sys.executable).parent / "reelmask"
+    if beside.is_file():
+        return beside
+    found = shutil.which("reelmask")
+    if found:
+        return Path(found).absolute()
+    raise ReelmaskError(f"no `reelmask` script beside {sys.executable} or on PATH for the unit to run; "
+                        "install reelmask as the README says (pip install ... -e .) and run this again")
+
+
 def unit_text(config: Path, workdir: Path, user: bool) -> str:
-    exec_start = " ".join(shlex.quote(p) for p in (sys.executable, "-m", "core.cli", "daemon", "--config", str(config)))
+    exec_start = " ".join(shlex.quote(str(p)) for p in (reelmask_script(), "daemon", "--config", config))
     lines = [
         "[Unit]",
         "Description=reelmask watch-folder daemon (frame folders in, masks out)",

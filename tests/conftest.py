@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,15 @@ DATA = Path(os.environ.get("REELMASK_TEST_DATA", ROOT.parent / "shared" / "data"
 
 # The settings every SAM2 test runs with: real architecture and code, random weights, 256 px.
 FAST = ("models.sam2_weights=random", "models.image_size=256", "output.preview=false")
+
+
+def reelmask_command() -> list[str]:
+    """The installed `reelmask` script (what users and the systemd unit run), else its entry point in a
+    fresh Python."""
+    script = Path(sys.executable).parent / "reelmask"
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from core.cli import main; sys.exit(main())"]
 
 
 def data_path(*parts: str) -> Path:

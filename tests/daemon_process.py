@@ -9,10 +9,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
+
+from tests.conftest import reelmask_command
 
 T = TypeVar("T")
 
@@ -39,7 +40,7 @@ def write_config(root: Path, sections: dict | None = None, tables: str = "") -> 
 
 
 def start(root: Path, config: str = "config.toml", log: str = "daemon.log") -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "core.cli", "daemon", "--config", config, "--log-level", "info"],
+    return subprocess.Popen([*reelmask_command(), "daemon", "--config", config, "--log-level", "info"],
                             cwd=root, stdout=subprocess.PIPE, stderr=open(root / log, "a"),
                             env={**os.environ, "YOLO_OFFLINE": "1"})
 
@@ -58,7 +59,7 @@ def wait(cond: Callable[[], T], timeout: float, what: str, proc: subprocess.Pope
 
 
 def cli(root: Path, *args: str, config: str = "config.toml") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "core.cli", *args, "--config", config], cwd=root,
+    return subprocess.run([*reelmask_command(), *args, "--config", config], cwd=root,
                           capture_output=True, text=True, env={**os.environ, "YOLO_OFFLINE": "1"})
 
 

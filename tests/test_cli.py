@@ -1,14 +1,18 @@
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
-from core.cli import COMMANDS, main
+from core.cli import COMMANDS, PLUGIN_GROUP, build_parser, main
+from core.errors import ReelmaskError
 
 ROOT = Path(__file__).resolve().parents[1]
+build_parser()  # registers train and eval (core) and the entry points' daemon, service and tui, so every test sees them
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -17,7 +21,7 @@ def test_every_command_has_help_with_an_example(name, capsys):
         main([name, "--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    assert "example: reelmask " + name in text
+    assert re.search(r"example: (ssh \S+ -t )?reelmask " + re.escape(name) + r"\b", text), text
     assert "--config" in text and "--set" in text
 
 
@@ -25,6 +29,65 @@ def test_every_command_is_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     for name in COMMANDS:
         assert f"reelmask {name}" in readme, name
+
+
+def test_help_lists_core_and_plugin_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    listed = set(re.findall(r"^ {4}(\S+)", capsys.readouterr().out, re.MULTILINE))
+    assert {"run", "train", "eval", "daemon", "service", "tui"} <= listed
+
+
+class _Raises:
+    """An entry point whose module raises on import."""
+
+    def __init__(self, error: Exception):
+        self.name, self.value, self.group, self.error = "broken", "broken_plugin.cli", PLUGIN_GROUP, error
+
+    def load(self):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [ModuleNotFoundError("No module named 'broken_plugin'"),
+                                   RuntimeError("bad at import time")])
+def test_a_plugin_that_fails_to_load_stops_the_cli(error, monkeypatch, capsys):
+    real = importlib.metadata.entry_points
+
+    def entry_points(**kw):
+        return [*real(**kw), _Raises(error)] if kw.get("group") == PLUGIN_GROUP else real(**kw)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    assert main(["config", "--defaults"]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1, out.err
+    line = lines[0]
+    assert line.startswith("reelmask: error: command plugin 'broken' (entry point broken_plugin.cli) failed to load")
+    assert f"{type(error).__name__}: {error}" in line and "reinstall" in line and "pip install" in line
+
+
+def test_service_unit_runs_the_reelmask_script(tmp_path: Path, monkeypatch):
+    from daemon import systemd
+
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    monkeypatch.setattr(sys, "executable", str(venv / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(ReelmaskError, match="no `reelmask` script"):
+        systemd.unit_text(tmp_path / "config.toml", tmp_path, user=True)
+
+    on_path = tmp_path / "bin" / "reelmask"
+    on_path.parent.mkdir()
+    on_path.write_text("#!/bin/sh\n")
+    on_path.chmod(0o755)
+    monkeypatch.setenv("PATH", str(on_path.parent))
+    unit = systemd.unit_text(tmp_path / "my config.toml", tmp_path, user=True)
+    assert f"ExecStart={on_path} daemon --config '{tmp_path / 'my config.toml'}'\n" in unit
+
+    (venv / "reelmask").write_text("#!/bin/sh\n")  # the script beside the interpreter wins
+    assert f"ExecStart={venv / 'reelmask'} daemon --config" in systemd.unit_text(tmp_path / "c.toml", tmp_path, True)
 
 
 def test_config_defaults_prints_shipped_file(capsys):

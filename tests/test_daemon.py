@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,7 +14,7 @@ import numpy as np
 
 from core.config import load_config
 from core.store import Store
-from tests.conftest import make_clip, point_prompt
+from tests.conftest import make_clip, point_prompt, reelmask_command
 from tests.daemon_process import start as _start
 from tests.daemon_process import status as _status
 from tests.daemon_process import stop as _stop
@@ -166,7 +165,7 @@ def test_commands_step_by_step(tmp_path: Path):
 def test_submit_status_and_service_unit(tmp_path: Path):
     _setup(tmp_path)
     clip = make_clip(tmp_path / "elsewhere" / "clip", n=3, prompts={"objects": [point_prompt()]})
-    run = lambda *a: subprocess.run([sys.executable, "-m", "core.cli", *a, "--config", "config.toml"],  # noqa: E731
+    run = lambda *a: subprocess.run([*reelmask_command(), *a, "--config", "config.toml"],  # noqa: E731
                                     cwd=tmp_path, capture_output=True, text=True)
     r = run("submit", str(clip))
     assert r.returncode == 0, r.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -16,7 +15,7 @@ from PIL import Image
 from core.config import load_config
 from core.errors import Cancelled
 from core.pipeline import JobFinished, prepare_job, run_job
-from tests.conftest import FAST, data_path, make_clip, point_prompt
+from tests.conftest import FAST, data_path, make_clip, point_prompt, reelmask_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +26,7 @@ def _cfg(*sets: str):
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "YOLO_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([*reelmask_command(), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -18,7 +18,7 @@ from core.training.events import EpochEnd, TrainFinished, TrainPrepare, TrainSte
 from core.training.runs import read_lines
 from core.training.sam2_decoder_data import MAX_POINTS, draw_prompt, find_objects, plan_batches
 from core.training.unet_data import find_dataset
-from tests.conftest import FAST, data_path, make_clip, point_prompt
+from tests.conftest import FAST, data_path, make_clip, point_prompt, reelmask_command
 
 TINY = ("models.device=cpu", "train.workers=0", "train.batch_size=2")
 
@@ -334,11 +334,10 @@ def test_daemon_job_records_the_untrained_scores_and_an_early_stop(tmp_path: Pat
 
 def test_cli_trains_in_the_foreground(tmp_path: Path):
     import subprocess
-    import sys
 
     data = make_davis(tmp_path / "davis", sequences=("a", "b"), n=2)
     sets = [a for s in (*FAST, *TINY, "train.epochs=1") for a in ("--set", s)]
-    r = subprocess.run([sys.executable, "-m", "core.cli", "train", "sam2-decoder", "--data", str(data),
+    r = subprocess.run([*reelmask_command(), "train", "sam2-decoder", "--data", str(data),
                         "--out", "run", *sets], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "before training: val_loss" in r.stderr and "epoch 1: train_loss" in r.stderr

@@ -26,6 +26,7 @@ from core.config import load_config
 from core.errors import StateError
 from core.state_lock import DaemonLock
 from core.store import Access, Store
+from tests.conftest import reelmask_command
 from tests.daemon_process import wait
 from tui.app import ReelmaskApp
 from tui.widgets import QueueTable
@@ -39,7 +40,7 @@ def _wait(cond, what: str, proc: subprocess.Popen | None = None, timeout: float 
 
 
 def _cli(cwd: Path, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    return subprocess.run([*prefix, sys.executable, "-m", "core.cli", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([*prefix, *reelmask_command(), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=DEADLINE, env={**os.environ, "YOLO_OFFLINE": "1",
                                                             "PYTHONPATH": str(ROOT)})
 
@@ -351,7 +352,7 @@ tick_seconds = 0.1
 
 
 def _start_daemon(tmp_path: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "core.cli", "daemon", "--config", "config.toml"],
+    return subprocess.Popen([*reelmask_command(), "daemon", "--config", "config.toml"],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "a"),
                             env={**os.environ, "YOLO_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from core.config import load_config
 from core.store import Store
 from core.training.events import EpochEnd
-from tests.conftest import make_seg_dataset
+from tests.conftest import make_seg_dataset, reelmask_command
 
 TINY = ["train.epochs=2", "train.img_size=32", "train.batch_size=2", "train.workers=0"]
 
@@ -95,7 +94,7 @@ def test_cancel_and_shutdown_of_a_training_job(tmp_path: Path, monkeypatch):
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], cwd=tmp_path, capture_output=True, text=True)
+    return subprocess.run([*reelmask_command(), *args], cwd=tmp_path, capture_output=True, text=True)
 
 
 def test_cli_train_in_the_foreground_and_queued(tmp_path: Path):

@@ -18,7 +18,7 @@ from core.errors import Cancelled, ConfigError, ModelError, TrainingError
 from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
 from core.training.unet import check, train
 from core.training.unet_checkpoint import read_header
-from tests.conftest import FAST, data_path, make_clip
+from tests.conftest import FAST, data_path, make_clip, reelmask_command
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("train.img_size=32", "train.batch_size=4", "train.workers=0", "train.lr=0.01", "models.device=cpu")
@@ -333,7 +333,7 @@ def test_unet_mode_needs_a_unet_checkpoint(tmp_path: Path, value, error, words):
 
 def test_unet_mode_cli_error_is_one_line(tmp_path: Path):
     clip = make_clip(tmp_path / "clip", n=3)
-    r = subprocess.run([sys.executable, "-m", "core.cli", "run", str(clip), "--out", str(tmp_path / "o"),
+    r = subprocess.run([*reelmask_command(), "run", str(clip), "--out", str(tmp_path / "o"),
                         "--mode", "unet"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "unet mode needs models.unet = PATH" in r.stderr and not (tmp_path / "o").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli import _config, _store, command
+from core.cli import command, config_from_args, open_store
 
 
 def _tui_args(p: argparse.ArgumentParser) -> None:
@@ -25,9 +25,9 @@ def cmd_tui(args: argparse.Namespace) -> int:
     from core.errors import StateError
     from tui.app import ReelmaskApp
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     try:  # a wrong path or schema is an error now; a busy database is shown by the dashboard until it frees
-        _store(cfg, "read").close()
+        open_store(cfg, "read").close()
     except StateError as e:
         if not e.busy:
             raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from core.cli import _stderr_console, command
+from core.cli import command, stderr_console
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
@@ -88,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for name, m in rows:
             table.add_row(name, str(m["frames"]), *(_fmt(m[k], ".4g") for k in ("SAD", "MSE", "Grad", "Conn", "dtSSD")))
         console.print(table)
-    warn = _stderr_console()
+    warn = stderr_console()
     for name, seq in doc["sequences"].items():
         if seq["missing"]:
             warn.print(f"[yellow]warning:[/] {name}: {len(seq['missing'])} GT frame(s) without a prediction, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.cli import _config, _stderr_console, _store, command
+from core.cli import command, config_from_args, open_store, stderr_console
 from core.training.registry import TRAINERS
 
 
@@ -35,10 +35,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """
     from core.training.registry import check_dataset, default_out, queue_training
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     data = Path(args.data).expanduser().resolve()
     if args.queue:
-        job_id = queue_training(_store(cfg), cfg, args.kind, data, args.out, args.set or ())
+        job_id = queue_training(open_store(cfg), cfg, args.kind, data, args.out, args.set or ())
         print(job_id)
         return 0
     summary = check_dataset(args.kind, data)
@@ -53,7 +53,7 @@ def _foreground(kind: str, data: Path, out: Path, cfg, summary: str, resume: boo
                                        format_metrics)
     from core.training.registry import trainer
 
-    console = _stderr_console()
+    console = stderr_console()
     console.print(f"[dim]{kind} on {data}: {summary}")
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
