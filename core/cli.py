@@ -1,9 +1,9 @@
 """The `reelmask` command: a thin adapter over the Python API.
 
 Each command's docstring is its --help text, with an example. Core's commands are this module's and
-those of core/training/cli.py (`train`) and core/evaluate/cli.py (`eval`); daemon/ and tui/ add theirs
-through the `reelmask.commands` entry point group, as core never imports them. A plugin module
-registers its commands with `command` and may use `config_from_args`, `open_store` and `stderr_console`.
+those of core/training/cli.py (`train`) and core/evaluate/cli.py (`eval`), imported here; daemon/ and
+tui/ add theirs through the `reelmask.commands` entry point group, as core never imports them. Every
+command module registers through core/commands.py.
 """
 
 from __future__ import annotations
@@ -17,54 +17,12 @@ from pathlib import Path
 from typing import Callable
 
 from core import __version__
-from core.config import Config, load_config, render_toml
+from core.commands import (COMMANDS, PluginError, command, config_from_args, load_plugins, open_store,
+                           stderr_console)
+from core.config import render_toml
 from core.errors import Cancelled, ReelmaskError
 
 log = logging.getLogger("reelmask")
-
-PLUGIN_GROUP = "reelmask.commands"  # daemon/ and tui/ add their commands here: core never imports them
-
-Configure = Callable[[argparse.ArgumentParser], None]
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Configure]] = {}
-
-
-def command(configure: Configure = lambda p: None):
-    """Register `cmd_<name>` as `reelmask <name>`; its docstring is the help, `configure` adds arguments."""
-    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        COMMANDS[fn.__name__.removeprefix("cmd_").replace("_", "-")] = (fn, configure)
-        return fn
-    return register
-
-
-class PluginError(ReelmaskError):
-    """A `reelmask.commands` entry point that does not load: the CLI stops instead of losing its commands."""
-
-
-def load_plugins() -> None:
-    """Import every module of the `reelmask.commands` entry point group; each registers with `command`."""
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=PLUGIN_GROUP):
-        try:
-            ep.load()
-        except Exception as e:
-            raise PluginError(
-                f"command plugin '{ep.name}' (entry point {ep.value}) failed to load: {type(e).__name__}: {e}; "
-                "reinstall reelmask as the README says (`.venv/bin/pip install --no-build-isolation -e .`) "
-                "or fix that module") from e
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The configuration that --config FILE and --set KEY=VALUE of a command select."""
-    return load_config(args.config, args.set or ())
-
-
-def stderr_console():
-    """A rich Console on stderr, for progress bars and warnings that must not mix with stdout."""
-    from rich.console import Console
-
-    return Console(stderr=True)
-
 
 # ------------------------------------------------------------------------- run
 
@@ -217,14 +175,6 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------- queue
-
-def open_store(cfg: Config, access: str = "create"):
-    """The state database of `cfg`: "create" (queue work for a daemon that may start later), "write"
-    (requests about existing jobs) or "read"; only "create" makes or migrates the file."""
-    from core.store import Access, Store
-
-    return Store(cfg.path(cfg.paths.db), Access(access), config_source=cfg.source)
-
 
 def _job(store, ident: str):
     job = store.find_job(ident)

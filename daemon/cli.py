@@ -9,7 +9,7 @@ import signal
 import threading
 from pathlib import Path
 
-from core.cli import command, config_from_args
+from core.commands import command, config_from_args
 from core.config import default_config_path
 
 log = logging.getLogger("daemon.service")

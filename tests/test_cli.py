@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import COMMANDS, PLUGIN_GROUP, build_parser, main
+from core.cli import build_parser, main
+from core.commands import COMMANDS, PLUGIN_GROUP
 from core.errors import ReelmaskError
 
 ROOT = Path(__file__).resolve().parents[1]

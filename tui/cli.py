@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli import command, config_from_args, open_store
+from core.commands import command, config_from_args, open_store
 
 
 def _tui_args(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from core.cli import command, stderr_console
+from core.commands import command, stderr_console
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.cli import command, config_from_args, open_store, stderr_console
+from core.commands import command, config_from_args, open_store, stderr_console
 from core.training.registry import TRAINERS
 
 
