@@ -8,6 +8,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# the files a segmentation or matting job runs through
+INFERENCE = ("core/pipeline.py", "core/modes.py", "core/frames.py", "core/prompts.py", "core/intake.py",
+             "core/engine/", "core/models/", "core/matting/", "core/outputs/")
+
 # (files, by path prefix) -> modules they must never import, with why
 FORBIDDEN: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
     (("core/",), ("daemon", "tui"), "core is the engine; the daemon and the dashboard use it, never the reverse"),
@@ -15,6 +19,10 @@ FORBIDDEN: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
     (("tui/",), ("daemon", "torch", "sam2", "ultralytics"), "the dashboard starts in a moment and loads no model"),
     (("daemon/",), ("core.engine",), "the daemon reaches a job only through core.pipeline"),
     (("core/outputs/",), ("core.pipeline",), "outputs are written for the pipeline, not by asking it"),
+    (INFERENCE, ("core.training",), "inference never leans on the trainers: model files live in core/models, "
+                                     "which the trainers import"),
+    (("core/models/",), ("core.pipeline", "core.engine", "core.matting", "core.training"),
+     "core/models is the bottom layer: model files and how to load them, used by everything above"),
 ]
 
 

@@ -19,7 +19,8 @@ import pytest
 from core.config import load_config
 from core.errors import Cancelled, ModelError, TrainingError
 from core.matting.features import CHANNELS, Sam2Features, frame_inputs, mask_prompt
-from core.matting.refiner import check_checkpoint, load_refiner, read_refiner_header, temporal_smooth
+from core.matting.refiner import check_checkpoint, load_refiner, temporal_smooth
+from core.models.checkpoints import REFINER
 from core.training.events import EpochEnd, TrainFinished, TrainPrepare, TrainStarted, TrainStep
 from core.training.matting import check, train
 from tests.conftest import FAST, data_path
@@ -167,7 +168,7 @@ def test_training_lowers_the_loss_and_writes_the_run(trained):
         assert set(line) == KEYS and all(line[k] is not None for k in KEYS)
     assert lines[-1]["val_sad"] <= lines[0]["val_sad"]
     best = min(lines, key=lambda m: m["val_sad"])["epoch"]
-    header = read_refiner_header(out / "best.pt")
+    header = REFINER.header(out / "best.pt")
     assert header["epoch"] == best and header["img_size"] == 64 and header["kind"] == "matting-refiner"
     assert header["sam2"]["variant"] == "sam2.1_hiera_tiny" and header["sam2"]["weights"] == "random"
     assert header["sam2"]["image_size"] == 256 and header["features"]["channels"] == 33
@@ -245,7 +246,7 @@ def test_load_refiner_round_trip(trained, tracker):
     smoothed = again.alpha(fgr, alpha > 0.5, prev_alpha=np.clip(first + 0.1, 0, 1))
     assert smoothed.shape == first.shape and not np.array_equal(smoothed, first)
     described = refiner.describe()
-    assert described["epoch"] == read_refiner_header(out / "best.pt")["epoch"] and described["img_size"] == 64
+    assert described["epoch"] == REFINER.header(out / "best.pt")["epoch"] and described["img_size"] == 64
     assert described["sam2"] == {"variant": "sam2.1_hiera_tiny", "weights": "random", "image_size": 256}
     import hashlib
 

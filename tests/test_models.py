@@ -54,7 +54,7 @@ def test_random_weights_build_the_real_architecture(random_tiny):
 
 
 def test_architecture_is_read_from_the_weights(random_tiny):
-    from core.models.sam2_model import read_state_dict
+    from core.models.checkpoints import read_state_dict
 
     _, path = random_tiny
     assert variant_from_state_dict(read_state_dict(path)).name == "sam2.1_hiera_tiny"

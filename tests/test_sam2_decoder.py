@@ -13,7 +13,7 @@ from PIL import Image
 
 from core.config import load_config
 from core.errors import Cancelled, ConfigError, ModelError, TrainingError
-from core.models.sam2_decoder import read_decoder_header
+from core.models.checkpoints import SAM2_DECODER
 from core.training.events import EpochEnd, TrainFinished, TrainPrepare, TrainStep
 from core.training.runs import read_lines
 from core.training.sam2_decoder_data import MAX_POINTS, draw_prompt, find_objects, plan_batches
@@ -155,7 +155,7 @@ def test_training_lowers_the_loss_and_leaves_the_encoder_bit_identical(tmp_path:
     encoder = [k for k in after if k.startswith("image_encoder.")]
     assert encoder and all(torch.equal(frozen["before"][k], after[k]) for k in encoder)   # bit-identical
 
-    header = read_decoder_header(out / "best.pt")
+    header = SAM2_DECODER.header(out / "best.pt")
     assert header["sam2"] == {"variant": "sam2.1_hiera_tiny", "weights": "random", "image_size": 256, "seed": 0}
     assert header["trained"] == ["sam_mask_decoder"]
     saved = torch.load(out / "best.pt", weights_only=True)["model"]
@@ -206,7 +206,7 @@ def test_settings_and_cancel(tmp_path: Path):
         _train(data, tmp_path / "b", _cfg(), should_stop=lambda: True)
     events = _train(data, tmp_path / "c", _cfg("train.epochs=1", "train.prompt_encoder=true",
                                                "train.prompts=['box']"))
-    assert read_decoder_header(tmp_path / "c" / "best.pt")["trained"] == ["sam_mask_decoder", "sam_prompt_encoder"]
+    assert SAM2_DECODER.header(tmp_path / "c" / "best.pt")["trained"] == ["sam_mask_decoder", "sam_prompt_encoder"]
     assert set(k for k in events[-1].metrics if k.startswith("val_miou_")) == {"val_miou_box"}
 
 

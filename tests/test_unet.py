@@ -17,7 +17,7 @@ from core.config import load_config
 from core.errors import Cancelled, ConfigError, ModelError, TrainingError
 from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
 from core.training.unet import check, train
-from core.training.unet_checkpoint import read_header
+from core.models.checkpoints import UNET
 from tests.conftest import FAST, data_path, make_clip, reelmask_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,8 +136,8 @@ def test_training_lowers_the_loss_and_writes_the_run(tmp_path: Path):
         assert {"epoch", "train_loss", "val_loss", "val_iou", "lr", "seconds"} <= set(line)
         assert 0.0 <= line["val_iou"] <= 1.0
     best_epoch = min(lines, key=lambda m: m["val_loss"])["epoch"]
-    assert read_header(out / "best.pt")["epoch"] == best_epoch == events[-1].metrics["epoch"]
-    header = read_header(out / "last.pt")
+    assert UNET.header(out / "best.pt")["epoch"] == best_epoch == events[-1].metrics["epoch"]
+    header = UNET.header(out / "last.pt")
     assert header["epoch"] == 4 and header["kind"] == "unet" and header["img_size"] == 32
     assert not list(out.glob(".*tmp"))
 
@@ -154,7 +154,7 @@ def test_validation_from_test_folder_or_none(tmp_path: Path):
     lines = _metrics(tmp_path / "c")
     assert lines[0]["val_loss"] is None and lines[0]["val_iou"] is None
     best = min(lines, key=lambda m: m["train_loss"])["epoch"]
-    assert read_header(tmp_path / "c" / "best.pt")["epoch"] == best
+    assert UNET.header(tmp_path / "c" / "best.pt")["epoch"] == best
 
 
 def test_resume_continues_and_a_used_out_is_refused(tmp_path: Path):
@@ -168,7 +168,7 @@ def test_resume_continues_and_a_used_out_is_refused(tmp_path: Path):
     assert [e.epoch for e in events if isinstance(e, EpochEnd)] == [3]
     assert len([e for e in events if isinstance(e, TrainStep)]) == events[0].steps_per_epoch
     assert [m["epoch"] for m in _metrics(out)] == [1, 2, 3]
-    assert read_header(out / "last.pt")["epoch"] == 3
+    assert UNET.header(out / "last.pt")["epoch"] == 3
     with pytest.raises(TrainingError, match="train.img_size = 32"):
         _run(data, out, _cfg("train.epochs=4", "train.img_size=64"), resume=True)
 
@@ -342,7 +342,7 @@ def test_unet_mode_cli_error_is_one_line(tmp_path: Path):
 def test_yolo_weights_are_not_a_unet(tmp_path: Path):
     yolo = data_path("models", "yolo11n-coco-dequant.pt")
     with pytest.raises(ModelError, match="is not a reelmask U-Net checkpoint"):
-        read_header(yolo)
+        UNET.header(yolo)
 
 
 def test_a_daemon_unet_job_records_the_chunks_it_ran(tmp_path: Path, unet_checkpoint: Path):

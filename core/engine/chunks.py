@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+from core.engine.events import Records
 
 
 @dataclass(frozen=True)
@@ -63,9 +66,9 @@ class Resumable:
     done: set[tuple[str, int]] = frozenset()
     resumed_handover: dict = {}
 
-    def resume(self, done: set[tuple[str, int]], handover: dict, state: dict) -> None:
+    def resume(self, done: set[tuple[str, int]], handovers: dict, state: dict) -> None:
         self.done = set(done)
-        self.resumed_handover = dict(handover)
+        self.resumed_handover = dict(handovers.get("forward", {}))
         self.restore(state)
 
     def finished(self, chunk: Chunk) -> bool:
@@ -76,3 +79,6 @@ class Resumable:
 
     def snapshot(self) -> dict:
         return {}
+
+    def records(self, out: Path, cache: Path) -> Records:  # overridden by engines with more to say
+        return Records()

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from core.engine.chunks import Chunk, Resumable, forward_handover_frame
-from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
+from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed, Records
 from core.engine.track import mask_box
 from core.errors import Cancelled
 from core.frames import FrameFolder, FrameReader, FrameWindow, decode_rgb
@@ -77,6 +77,20 @@ def match_tracks(tracks: list[list[Detection]], handover: dict[int, np.ndarray],
     return out
 
 
+def detector_records(engine, cache: Path, shown_path: Path | None = None) -> Records:
+    """The manifest's "yolo" entries of a detect engine: the detector (at `shown_path` when it is not
+    where it was loaded from), its classes and thresholds, and its checksum."""
+    from core.models.weights import sha256_file
+
+    detector = engine.detector
+    if detector is None or getattr(detector, "path", None) is None:
+        return Records()
+    info = {"path": str(shown_path or detector.path), "imgsz": detector.imgsz,
+            "classes": [detector.names[c] for c in engine.classes or []] or "all",
+            "min_confidence": engine.min_confidence, "stride": engine.stride}
+    return Records(models={"yolo": info}, weights={"yolo": sha256_file(detector.path, cache)})
+
+
 @dataclass
 class _ChunkPlan:
     boxes: dict[int, list[Detection]] = field(default_factory=dict)  # object -> its detections (box prompts)
@@ -102,6 +116,9 @@ class DetectEngine(Resumable):
 
     def snapshot(self) -> dict:
         return {"next_id": self.next_id, "unseen": {str(k): v for k, v in self.unseen.items()}}
+
+    def records(self, out: Path, cache: Path) -> Records:
+        return detector_records(self, cache)
 
     def restore(self, state: dict) -> None:
         self.next_id = state.get("next_id", self.next_id)

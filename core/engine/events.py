@@ -71,3 +71,23 @@ class AlphaResult:
     frame: int
     alpha: np.ndarray = field(repr=False)
     rgba: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass
+class Records:
+    """What a model or an engine adds to a job's manifest: entries of its "models", "weights" and
+    "timings" sections, warnings, top-level fields, and files to put in the output folder (name ->
+    where the file is now)."""
+
+    models: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    fields: dict = field(default_factory=dict)
+    files: dict = field(default_factory=dict)
+
+    def then(self, other: "Records") -> "Records":
+        """These records followed by `other`'s (later entries win)."""
+        return Records({**self.models, **other.models}, {**self.weights, **other.weights},
+                       {**self.timings, **other.timings}, [*self.warnings, *other.warnings],
+                       {**self.fields, **other.fields}, {**self.files, **other.files})

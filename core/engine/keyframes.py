@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
 from core.engine.chunks import Chunk, Resumable, forward_handover_frame
-from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
+from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed, Records
 from core.engine.track import mask_box
 from core.errors import Cancelled
 from core.frames import FrameFolder, FrameReader, FrameWindow
@@ -71,6 +72,13 @@ class KeyframeEngine(Resumable):
         self.next_id = state.get("next_id", self.next_id)
         if hasattr(self.source, "dropped"):
             self.source.dropped = state.get("dropped", 0)
+
+    def records(self, out: Path, cache: Path) -> Records:
+        dropped = getattr(self.source, "dropped", 0)
+        if not dropped:
+            return Records()
+        return Records(warnings=[f"refine: {dropped} mask component(s) had a mean difference under "
+                                 f"refine.filter_threshold ({self.source.filter_threshold}) and were dropped"])
 
     def run(self) -> Iterator[object]:
         handover: dict[int, np.ndarray] = {}

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from core.engine.chunks import Chunk, Resumable
-from core.engine.events import AlphaResult, ChunkFinished, ChunkStarted, FrameResult
+from core.engine.events import AlphaResult, ChunkFinished, ChunkStarted, FrameResult, Records
 from core.errors import Cancelled, FrameFolderError
 from core.frames import IMAGE_SUFFIXES, FrameFolder, check_frame_sized, decode_rgb
 
@@ -128,12 +128,16 @@ class MattingEngine:
         self.workers = 1 if matter.sequential else max(1, workers)
         self._previous: tuple[int, np.ndarray] | None = None  # (frame, alpha) for temporal smoothing
 
-    @property
-    def source(self):  # refine's dropped-component count and similar engine records pass through
-        return getattr(self.inner, "source", None)
+    def resume(self, done: set[tuple[str, int]], handovers: dict, state: dict) -> None:
+        self.inner.resume(done, handovers, state)
 
-    def describe(self) -> dict:
-        return self.matter.describe()
+    def records(self, out: Path, cache: Path) -> Records:
+        """The matting method first, then what the segmentation engine records."""
+        info = self.matter.describe()
+        own = Records(models={"matting": info}, weights={"matting": info["sha256"]} if info.get("sha256") else {},
+                      timings={"matting_seconds": info.get("seconds")},
+                      fields={"segmentation": "masks/" if isinstance(self.inner, MaskFolderEngine) else "sam2"})
+        return own.then(self.inner.records(out, cache))
 
     def _matte(self, frame: int, id_map: np.ndarray) -> AlphaResult:
         rgb = decode_rgb(self.folder.path(frame))

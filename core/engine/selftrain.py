@@ -10,13 +10,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 from core.engine.chunks import Chunk, plan_chunks
+from core.engine.detect import detector_records
 from core.engine.detect_parallel import make_detect_engine
-from core.engine.events import EngineWarning, FrameResult, Phase
+from core.engine.events import EngineWarning, FrameResult, Phase, Records
 from core.engine.track import TrackEngine
 from core.frames import FrameFolder, FrameReader
 from core.models.yolo_train import TrainSettings, YoloDataset, train_detector
@@ -38,6 +40,19 @@ class SelfTrainingDetect:
         self.classes = None
         self.min_confidence = detect_options["min_confidence"]
         self.stride = detect_options["stride"]
+
+    def resume(self, done: set, handovers: dict, state: dict) -> None:
+        raise RuntimeError("detect with self-training does not resume: it trains between its chunks")
+
+    def records(self, out: Path, cache: Path) -> Records:
+        """The detector as other detect jobs record it, and the self-trained detector.pt, which is part
+        of the result."""
+        records = detector_records(self, cache, out / "detector.pt" if self.trained else None)
+        if self.trained is not None:
+            records.models["yolo_self_trained"] = {"path": str(out / "detector.pt"), "train_frames": self.train_frames,
+                                                   "settings": dataclasses.asdict(self.settings)}
+            records.files["detector.pt"] = self.trained
+        return records
 
     def run(self) -> Iterator[object]:
         t = self.train_frames

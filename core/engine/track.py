@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from core.engine.chunks import Chunk, backward_handover_frame, chunk_of, forward_handover_frame
-from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
+from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed, Records
 from core.errors import Cancelled
 from core.frames import FrameFolder, FrameReader, FrameWindow
 from core.models.sam2_model import Sam2Tracker
@@ -54,8 +54,7 @@ class TrackEngine:
 
     def __init__(self, tracker: Sam2Tracker, folder: FrameFolder, reader: FrameReader, prompts: Prompts,
                  chunks: list[Chunk], scratch: Path, anchor_prompts: bool = True,
-                 should_stop: Callable[[], bool] = lambda: False,
-                 done: set[tuple[str, int]] = frozenset(), handovers: dict[str, dict[int, np.ndarray]] | None = None):
+                 should_stop: Callable[[], bool] = lambda: False):
         self.tracker = tracker
         self.folder = folder
         self.reader = reader
@@ -66,8 +65,14 @@ class TrackEngine:
         self.should_stop = should_stop
         self.first = {o: prompts.first_frame(o) for o in prompts.object_ids}
         # resuming: (sweep, chunk) steps already finished, and the hand-over each sweep left behind
-        self.done = set(done)
-        self.resumed = dict(handovers or {})
+        self.done: set[tuple[str, int]] = set()
+        self.resumed: dict[str, dict[int, np.ndarray]] = {}
+
+    def resume(self, done: set[tuple[str, int]], handovers: dict[str, dict[int, np.ndarray]], state: dict) -> None:
+        self.done, self.resumed = set(done), dict(handovers)
+
+    def records(self, out: Path, cache: Path) -> Records:
+        return Records()  # the tracker's own record is SAM2's, which the pipeline takes from the model
 
     # ------------------------------------------------------------------ sweeps
 

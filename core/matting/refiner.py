@@ -1,4 +1,4 @@
-"""The learned matting refiner (`models.matting`, seed 001) for inference, and its checkpoint files.
+"""The learned matting refiner (`models.matting`, seed 001) for inference.
 
 Per frame: SAM2 in image mode prompted with the coarse mask gives its logits and intermediate
 features (core/matting/features.py, exactly as the trainer cached them), the small U-Net of
@@ -10,7 +10,8 @@ A refiner checkpoint is a torch.save'd dict (best.pt / last.pt of `reelmask trai
      "metrics": {...}, "sam2": {"variant", "weights" ("random" or sha256), "image_size", "seed",
      "fingerprint"}, "features": {"version", "channels", "description"}, "model": state_dict,
      "reelmask": version}
-last.pt adds "optimizer", "history" and "best". The header is readable without torch.
+last.pt adds "optimizer", "history" and "best". The format (core.models.checkpoints.REFINER) is
+read and written through core/models/checkpoints.py.
 """
 
 from __future__ import annotations
@@ -24,11 +25,8 @@ import numpy as np
 
 from core.config import Config, MattingConfig
 from core.errors import ModelError
+from core.models.checkpoints import REFINER
 
-KIND = "matting-refiner"
-FORMAT = 1
-HEADER_KEYS = ("kind", "format", "arch", "img_size", "epoch", "metrics", "sam2", "features")
-FIX = "give the best.pt or last.pt written by `reelmask train matting`"
 UNCERTAIN = 0.01     # alpha in (UNCERTAIN, 1 - UNCERTAIN) is the uncertain band temporal smoothing acts in
 MOTION = 0.5         # a change of alpha this large between frames is motion, not flicker: no smoothing
 
@@ -37,37 +35,13 @@ MOTION = 0.5         # a change of alpha this large between frames is motion, no
 REACH = 0.03
 
 
-def read_refiner_header(path: Path) -> dict:
-    """The plain keys of a refiner checkpoint (HEADER_KEYS), without torch; ModelError naming the file
-    when it is not one."""
-    from core.training.unet_checkpoint import read_checkpoint_header
-
-    return read_checkpoint_header(path, kind=KIND, fmt=FORMAT, keys=HEADER_KEYS,
-                                  name="a reelmask matting refiner checkpoint", family="a matting refiner",
-                                  trainer="matting", fix=FIX)
-
-
 def check_checkpoint(path: Path) -> dict:
     """models.matting checked before a job starts (no torch): the header, or a ModelError with the fix."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"models.matting = {path} does not exist; set it to the best.pt of a "
                          "`reelmask train matting` run, or leave it empty for the classical solver")
-    return read_refiner_header(path)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """The whole refiner checkpoint on the CPU; ModelError when it is not one."""
-    import torch
-
-    read_refiner_header(path)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file
-        raise ModelError(f"cannot load the matting refiner {path}: {e}") from e
-    if not isinstance(data.get("model"), dict):
-        raise ModelError(f"{path} has no model weights; {FIX}")
-    return data
+    return REFINER.header(path)
 
 
 def temporal_smooth(alpha: np.ndarray, prev: np.ndarray | None, weight: float) -> np.ndarray:
@@ -167,7 +141,7 @@ class Refiner:
 
         from core.matting.features import Sam2Features
         from core.matting.refiner_model import build_refiner
-        from core.models.sam2_model import pick_device
+        from core.models.devices import pick_device
         from core.models.weights import sha256_file
 
         self.path = Path(path)
@@ -184,7 +158,7 @@ class Refiner:
             model.load_state_dict(ckpt["model"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise ModelError(f"the refiner weights in {path} do not fit their architecture {self.arch} ({e}); "
-                             f"{FIX}") from e
+                             f"{REFINER.fix}") from e
         self.model = model.to(self.device).eval()
         self.tracker = tracker
         self.features = Sam2Features(tracker)
@@ -239,7 +213,7 @@ def load_refiner(path: Path, device: str = "auto", *, cfg: Config | None = None,
     weights, image_size from the checkpoint; `cfg` supplies the cache and a checkpoint path); a given
     `tracker` must match it, else ModelError with the settings to use."""
     path = Path(path)
-    ckpt = load_checkpoint(path)
+    ckpt = REFINER.load(path)
     sam2 = dict(ckpt["sam2"])
     if tracker is None:
         tracker = _build_tracker(path, cfg or Config(), sam2, device)

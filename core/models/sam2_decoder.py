@@ -18,20 +18,7 @@ from pathlib import Path
 
 from core.config import Config
 from core.errors import ConfigError, ModelError
-from core.training.unet_checkpoint import read_checkpoint_header
-
-KIND = "sam2-decoder"
-FORMAT = 1
-HEADER_KEYS = ("kind", "format", "sam2", "trained", "epoch", "metrics")
-FIX = "give the best.pt or last.pt written by `reelmask train sam2-decoder`"
-
-
-def read_decoder_header(path: Path) -> dict:
-    """kind, format, sam2, trained, epoch, metrics of a decoder checkpoint, without torch."""
-    return read_checkpoint_header(path, kind=KIND, fmt=FORMAT, keys=HEADER_KEYS,
-                                  name="a reelmask SAM2 decoder checkpoint", family="a SAM2 decoder checkpoint",
-                                  trainer=KIND, fix=FIX)
-
+from core.models.checkpoints import SAM2_DECODER
 
 def resolve_decoder_path(cfg: Config) -> Path | None:
     """models.sam2_decoder as a checked checkpoint file (no torch), or None when it is not set."""
@@ -42,7 +29,7 @@ def resolve_decoder_path(cfg: Config) -> Path | None:
     if not path.is_file():
         raise ConfigError(f"models.sam2_decoder = '{name}' does not exist (looked at {path}); set it to the best.pt "
                           "of a `reelmask train sam2-decoder` run, or leave it empty for SAM2's own decoder")
-    read_decoder_header(path)
+    SAM2_DECODER.header(path)
     return path
 
 
@@ -65,7 +52,7 @@ def apply_decoder(model, path: Path, identity: dict) -> tuple[dict, list[str]]:
 
     from core.models.weights import sha256_file
 
-    header = read_decoder_header(path)
+    header = SAM2_DECODER.header(path)
     tuned = header["sam2"]
     if tuned.get("variant") != identity["variant"] or tuned.get("weights") != identity["weights"] \
             or (identity["weights"] == "random" and tuned.get("seed") != identity["seed"]):
@@ -78,18 +65,14 @@ def apply_decoder(model, path: Path, identity: dict) -> tuple[dict, list[str]]:
         raise ModelError(f"the SAM2 decoder {path} was tuned on {describe(tuned)}, but this job's SAM2 is "
                          f"{describe(identity)}; a decoder only fits the encoder it was trained with: {fix}, "
                          "or clear models.sam2_decoder")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file
-        raise ModelError(f"cannot load the SAM2 decoder {path}: {e}") from e
-    weights = data.get("model")
-    if not isinstance(weights, dict) or not weights:
-        raise ModelError(f"{path} holds no decoder weights; {FIX}")
+    weights = SAM2_DECODER.load(path)["model"]
+    if not weights:
+        raise ModelError(f"{path} holds no decoder weights; {SAM2_DECODER.fix}")
     own = model.state_dict()
     for name, value in weights.items():
         if name not in own or tuple(own[name].shape) != tuple(value.shape):
             raise ModelError(f"{path} does not fit {identity['variant']}: weight {name} "
-                             f"{'is unknown' if name not in own else f'has shape {tuple(value.shape)}'}; {FIX}")
+                             f"{'is unknown' if name not in own else f'has shape {tuple(value.shape)}'}; {SAM2_DECODER.fix}")
     with torch.no_grad():
         for name, value in weights.items():
             own[name].copy_(value.to(own[name].device, own[name].dtype))

@@ -11,52 +11,22 @@ import contextlib
 import functools
 import importlib.util
 import logging
-import re
 import threading
 import time
 import warnings
 from collections import OrderedDict
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from core.config import Config
 from core.errors import ModelError
+from core.models.checkpoints import read_state_dict
+from core.models.devices import pick_device
 from core.models.sam2_decoder import apply_decoder, base_identity, resolve_decoder_path
 from core.models.weights import Sam2Weights
 
 log = logging.getLogger(__name__)
-
-
-def read_state_dict(path: Path) -> dict:
-    import torch
-
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file
-        refused = re.search(r"GLOBAL (\S+)", str(e))
-        if refused:  # torch's own advice (load it unrestricted) is exactly what must not happen here
-            raise ModelError(f"checkpoint {path} refers to {refused.group(1)}, which is not part of model weights; "
-                             "reelmask loads checkpoints as weights only, never as code: use the official file "
-                             "(`reelmask models pull` or `reelmask models import`)") from None
-        raise ModelError(f"cannot load checkpoint {path}: {str(e).splitlines()[0][:300]}") from e
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        data = data["model"]
-    if not isinstance(data, dict):
-        raise ModelError(f"{path} does not hold a state dict (got {type(data).__name__})")
-    return data
-
-
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f'models.device = "{name}" but this machine has no usable CUDA GPU; use "auto" or "cpu"')
-    return dev
 
 
 def has_sam2_extension() -> bool:

@@ -192,7 +192,7 @@ def import_checkpoint(path: Path, name: str | None = None, cfg: Config | None = 
 
 
 def _check_architecture(path: Path, variant: Sam2Variant) -> None:
-    from core.models.sam2_model import read_state_dict
+    from core.models.checkpoints import read_state_dict
     from core.models.registry import variant_from_state_dict
 
     found = variant_from_state_dict(read_state_dict(path))
@@ -221,8 +221,8 @@ def resolve_sam2(cfg: Config, progress: Progress | None = None) -> Sam2Weights:
             if variant is None:
                 raise ModelError(f"models.sam2_arch = '{m.sam2_arch}' is not a known SAM2 variant")
         else:
+            from core.models.checkpoints import read_state_dict
             from core.models.registry import variant_from_state_dict
-            from core.models.sam2_model import read_state_dict
 
             variant = variant_from_state_dict(read_state_dict(ckpt))
             if variant is None:

@@ -25,7 +25,7 @@ from core import __version__
 from core.config import Config, TrainConfig
 from core.errors import TrainingError
 from core.matting import features as feature_spec
-from core.matting.refiner import FORMAT, KIND, load_checkpoint, read_refiner_header
+from core.models.checkpoints import REFINER, save_checkpoint
 from core.training.registry import with_kind_defaults
 from core.training.events import RANDOM_SAM2, EpochEnd, TrainFinished, TrainStarted, TrainStep
 from core.training.matting_cache import CachedSamples, FeatureCache
@@ -71,7 +71,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
                             "elsewhere: choose another --out")
     parts = split(find_dataset(data, t.frame_every), find_backgrounds(backgrounds_folder(data, cfg)),
                   t.frame_every, t.val_fraction, t.seed)
-    previous = previous_run(out, resume, load_checkpoint)
+    previous = previous_run(out, resume, REFINER.load)
     weights, sam2_key = _sam2_key(cfg)
     if previous is not None:
         if previous["img_size"] != t.img_size:
@@ -86,9 +86,9 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     from torch.utils.data import DataLoader
 
     from core.matting.refiner_model import DEFAULT_ARCH, build_refiner, to_tensors, weighted_l1
-    from core.models.sam2_model import Sam2Tracker, pick_device
+    from core.models.devices import pick_device
+    from core.models.sam2_model import Sam2Tracker
     from core.training.matting_augment import augment
-    from core.training.unet_checkpoint import save_checkpoint
 
     began = time.perf_counter()
     device = pick_device(cfg.models.device)
@@ -97,7 +97,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     arch = dict(previous["arch"]) if previous else dict(DEFAULT_ARCH)
     model = build_refiner(arch).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr)
-    history, best, start = resume_state(previous, model, optimizer, t.lr, out, read_refiner_header, save_checkpoint,
+    history, best, start = resume_state(previous, model, optimizer, t.lr, out, REFINER.header, save_checkpoint,
                                         CKPT_KEYS)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
 
@@ -116,7 +116,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
         torch.cuda.empty_cache()  # SAM2 is done with: its memory goes back before training
     train_set = CachedSamples([cache.path(s) for s in train_samples])
     loader_options = {"batch_size": t.batch_size, "num_workers": t.workers, "pin_memory": cuda}
-    header = {"kind": KIND, "format": FORMAT, "arch": arch, "img_size": t.img_size, "sam2": identity,
+    header = {"kind": REFINER.kind, "format": REFINER.format, "arch": arch, "img_size": t.img_size, "sam2": identity,
               "features": {"version": feature_spec.VERSION, "channels": feature_spec.CHANNELS,
                            "description": feature_spec.DESCRIPTION},
               "train": {"frame_every": t.frame_every, "semi_weight": t.semi_weight, "split": parts.how},

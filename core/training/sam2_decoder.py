@@ -30,13 +30,13 @@ import numpy as np
 from core import __version__
 from core.config import Config
 from core.errors import Cancelled, TrainingError
-from core.models.sam2_decoder import FORMAT, KIND, base_identity, read_decoder_header
+from core.models.checkpoints import SAM2_DECODER, save_checkpoint
+from core.models.sam2_decoder import base_identity
 from core.training.events import RANDOM_SAM2, EpochEnd, TrainFinished, TrainPrepare, TrainStarted, TrainStep
 from core.training.registry import with_kind_defaults
 from core.training.runs import BEST, LAST, METRICS, batches, previous_run, optimise, resume_state, save_epoch, write_lines
 from core.training.sam2_decoder_data import (DecoderSamples, cache_key, find_objects, plan_batches,
                                              unique_images)
-from core.training.unet_checkpoint import save_checkpoint
 from core.training.unet_data import find_dataset, split
 
 CACHE = "cache"
@@ -56,7 +56,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
           resume: bool = False) -> Iterator[object]:
     """Fine-tune the mask decoder of models.sam2 on `data` into `out`; yields training events.
     Raises Cancelled when should_stop(), TrainingError for data or settings that cannot work."""
-    cfg = with_kind_defaults(cfg, KIND)
+    cfg = with_kind_defaults(cfg, SAM2_DECODER.kind)
     t = cfg.train
     data, out = Path(data), Path(out)
     if out.resolve().is_relative_to(data.resolve()):
@@ -68,7 +68,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     if not train_objects:
         raise TrainingError(f"the masks of {data} hold no object of at least 0.05% of the frame to train on; "
                             "check that the masks mark objects with non-zero values")
-    previous = previous_run(out, resume, _load)
+    previous = previous_run(out, resume, SAM2_DECODER.load)
 
     import torch
     from torch.utils.data import DataLoader
@@ -96,7 +96,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
         p.requires_grad_(True)
     _set_dropout(model.sam_mask_decoder, t.dropout)
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    history, best, start = resume_state(previous, trained, optimizer, t.lr, out, read_decoder_header, save_checkpoint,
+    history, best, start = resume_state(previous, trained, optimizer, t.lr, out, SAM2_DECODER.header, save_checkpoint,
                                         BEST_KEYS)
 
     # encode every frame once (sam2's image predictor, the way inference encodes a prompted frame)
@@ -110,7 +110,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     loader_options = {"num_workers": t.workers, "pin_memory": cuda, "collate_fn": _collate}
     steps = len(plan_batches(len(train_set), t.prompts, t.batch_size, t.seed, 1))
     total = steps * max(0, t.epochs - start + 1)
-    yield TrainStarted(KIND, t.epochs, steps, len(train_set), len(val_set), str(device), start,
+    yield TrainStarted(SAM2_DECODER.kind, t.epochs, steps, len(train_set), len(val_set), str(device), start,
                        (RANDOM_SAM2,) if weights.is_random else ())
 
     step_ctx = _Step(model, device, trained_names)
@@ -122,7 +122,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
         write_lines(out / METRICS, history)
         yield EpochEnd(0, line, False, 0.0)
 
-    header = {"kind": KIND, "format": FORMAT, "sam2": identity, "trained": trained_names, "frozen": list(FROZEN),
+    header = {"kind": SAM2_DECODER.kind, "format": SAM2_DECODER.format, "sam2": identity, "trained": trained_names, "frozen": list(FROZEN),
               "prompts": list(t.prompts), "reelmask": __version__,
               "started_from": (tracker.decoder or {}).get("path")}
     stopped = _stopped_early(history, best, t.patience)
@@ -163,13 +163,6 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
 
     best_metrics = next((m for m in history if best and m["epoch"] == best["epoch"]), {})
     yield TrainFinished(out, out / BEST, out / LAST, best_metrics, time.perf_counter() - began, stopped)
-
-
-def _load(path: Path) -> dict:
-    import torch
-
-    read_decoder_header(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _stopped_early(history: list[dict], best: dict | None, patience: int) -> bool:

@@ -18,7 +18,7 @@ from core.config import Config
 from core.errors import TrainingError
 from core.training.registry import with_kind_defaults
 from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
-from core.training.unet_checkpoint import FORMAT, KIND, load_checkpoint, read_header, save_checkpoint
+from core.models.checkpoints import UNET, save_checkpoint
 from core.training.runs import BEST, LAST, batches, previous_run, optimise, resume_state, save_epoch
 from core.training.unet_data import Samples, find_dataset, split
 
@@ -40,7 +40,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     t = cfg.train
     data, out = Path(data), Path(out)
     parts = split(find_dataset(data), t.val_fraction, t.seed)
-    previous = previous_run(out, resume, load_checkpoint)
+    previous = previous_run(out, resume, UNET.load)
     if previous is not None and previous["img_size"] != t.img_size:
         raise TrainingError(f"{out / LAST} was trained at train.img_size = {previous['img_size']}; resume with "
                             f"--set train.img_size={previous['img_size']} or choose another --out")
@@ -48,8 +48,9 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     import torch
     from torch.utils.data import DataLoader
 
-    from core.models.sam2_model import pick_device
-    from core.training.unet_model import DEFAULT_ARCH, build_unet, frame_ious, segmentation_loss
+    from core.models.devices import pick_device
+    from core.models.unet_net import DEFAULT_ARCH, build_unet
+    from core.training.unet_loss import frame_ious, segmentation_loss
 
     began = time.perf_counter()
     device = pick_device(cfg.models.device)
@@ -58,7 +59,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     arch = dict(previous["arch"]) if previous else dict(DEFAULT_ARCH)
     model = build_unet(arch).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
-    history, best, start = resume_state(previous, model, optimizer, t.lr, out, read_header, save_checkpoint,
+    history, best, start = resume_state(previous, model, optimizer, t.lr, out, UNET.header, save_checkpoint,
                                         BEST_KEYS)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda)
 
@@ -67,7 +68,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     loader_options = {"batch_size": t.batch_size, "num_workers": t.workers, "pin_memory": cuda}
     steps = math.ceil(len(train_set) / t.batch_size)
     total = steps * max(0, t.epochs - start + 1)
-    yield TrainStarted(KIND, t.epochs, steps, len(train_set), len(val_set), str(device), start)
+    yield TrainStarted(UNET.kind, t.epochs, steps, len(train_set), len(val_set), str(device), start)
 
     step = 0
     for epoch in range(start, t.epochs + 1):
@@ -108,7 +109,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
         if is_best:
             best = {"epoch": epoch, "value": score}
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        ckpt = {"kind": KIND, "format": FORMAT, "arch": arch, "img_size": t.img_size, "normalize": NORMALIZE,
+        ckpt = {"kind": UNET.kind, "format": UNET.format, "arch": arch, "img_size": t.img_size, "normalize": NORMALIZE,
                 "epoch": epoch, "metrics": metrics, "model": weights, "reelmask": __version__}
         save_epoch(out, ckpt, {"optimizer": optimizer.state_dict(), "history": history, "best": best,
                                "split": parts.how, "data": str(data.resolve())}, is_best, history, save_checkpoint)

@@ -54,7 +54,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     else:
         data_yaml, _, _ = build_from_masks(source, out / "dataset", t.val_fraction, t.seed)
 
-    from core.models.sam2_model import pick_device
+    from core.models.devices import pick_device
     from core.models.yolo import resolve_yolo_path
     from core.models.yolo_train import TrainSettings
 

@@ -1,6 +1,7 @@
-"""The direct U-Net (seed 000): an encoder-decoder with skip connections and one logit channel.
+"""The direct U-Net network (seed 000): an encoder-decoder with skip connections and one logit channel.
 
-Imports torch; only the trainer and the unet engine import this module, and only when they run.
+Imports torch; the U-Net trainer (core/training/unet.py) and the segmenter of unet mode
+(core/models/unet.py) import it when they run.
 """
 
 from __future__ import annotations
@@ -58,23 +59,3 @@ class UNet(nn.Module):
 
 def build_unet(arch: dict) -> UNet:
     return UNet(int(arch.get("in_channels", 3)), int(arch["base"]), int(arch["depth"]))
-
-
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE-with-logits plus soft Dice (per image, averaged): BCE for every pixel, Dice so a small object
-    is not drowned by its background."""
-    logits = logits.float()
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    prob = torch.sigmoid(logits).flatten(1)
-    t = target.flatten(1)
-    dice = 1 - (2 * (prob * t).sum(1) + 1) / (prob.sum(1) + t.sum(1) + 1)
-    return bce + dice.mean()
-
-
-def frame_ious(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """IoU per frame of (sigmoid > 0.5) with (mask > 0.5); an empty prediction of an empty mask is 1."""
-    pred = (logits > 0).flatten(1)
-    t = (target > 0.5).flatten(1)
-    inter = (pred & t).sum(1).float()
-    union = (pred | t).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
