@@ -308,6 +308,13 @@ def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
 
+def key_range(key: str) -> tuple[float | None, float | None]:
+    """The declared (lo, hi) of a key such as "detect.classes" (for a list: its length); None = open."""
+    section, name = key.split(".", 1)
+    meta = {f.name: f.metadata for f in dataclasses.fields(SECTIONS[section])}[name]
+    return meta.get("lo"), meta.get("hi")
+
+
 def job_keys() -> list[str]:
     """The keys a folder's job.toml may set (the allow-list); every other key is the daemon owner's."""
     return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.metadata["job"]]

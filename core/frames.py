@@ -124,34 +124,41 @@ def _pil_open(path: Path):
     return opener(path)
 
 
-def image_size(path: Path, max_pixels: int, what: str = "image") -> tuple[int, int]:
+def image_size(path: Path, max_pixels: int, what: str = "image", *, error: type[Exception] = FrameFolderError,
+               shown: str | None = None) -> tuple[int, int]:
     """Width and height from the image header, checked against `max_pixels` before any decoding, with a
-    clear error for unreadable files (`what` names the file's role: frame, mask, ...)."""
+    clear error for unreadable files. `what` names the file's role (frame, mask, ...), `shown` how the
+    file is named in errors (default its name), `error` the exception type raised (a TrainingError for
+    training data)."""
+    name = shown or path.name
     try:
         st = path.stat()
         if not stat.S_ISREG(st.st_mode):
-            raise FrameFolderError(f"{what} {path.name} is not a regular file (a pipe, socket or device); remove it")
+            raise error(f"{what} {name} is not a regular file (a pipe, socket or device); remove it")
         if st.st_size == 0:
-            raise FrameFolderError(f"{what} {path.name} is an empty (0-byte) file; re-export or remove it")
+            raise error(f"{what} {name} is an empty (0-byte) file; re-export or remove it")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
             with _pil_open(path) as im:
                 size = im.size
-                _check_pixels(path, size, max_pixels, what)
+                w, h = size
+                if w * h > max_pixels:
+                    raise error(f"{what} {name} is {w}x{h} ({w * h:,} pixels), more than limits.max_frame_pixels "
+                                f"({max_pixels:,}); scale the video down, or ask the daemon's owner to raise the limit")
                 im.verify()
                 fmt = im.format
         if fmt == "JPEG" and not _ends_like_jpeg(path):
             with _pil_open(path) as im:  # a truncated JPEG decodes to grey; make sure it is whole
                 im.load()
         return size
-    except FrameFolderError:
+    except error:
         raise
     except Image.DecompressionBombError:  # PIL's own ceiling, far above any sane limit
-        raise FrameFolderError(
-            f"{what} {path.name} declares more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, more than "
+        raise error(
+            f"{what} {name} declares more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, more than "
             f"limits.max_frame_pixels ({max_pixels:,}); nothing was decoded: re-export it at a normal size") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError, EOFError) as e:
-        raise FrameFolderError(f"{what} {path.name} cannot be read as an image ({e}); re-export or remove it") from e
+        raise error(f"{what} {name} cannot be read as an image ({e}); re-export or remove it") from e
 
 
 def check_frame_sized(path: Path, width: int, height: int, what: str) -> None:
@@ -161,14 +168,6 @@ def check_frame_sized(path: Path, width: int, height: int, what: str) -> None:
     if size != (width, height):
         raise FrameFolderError(f"{what} {path.name} is {size[0]}x{size[1]} but the frames are {width}x{height}; "
                                "it must match its frame")
-
-
-def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int, what: str) -> None:
-    w, h = size
-    if w * h > max_pixels:
-        raise FrameFolderError(
-            f"{what} {path.name} is {w}x{h} ({w * h:,} pixels), more than limits.max_frame_pixels "
-            f"({max_pixels:,}); scale the video down, or ask the daemon's owner to raise the limit")
 
 
 def _ends_like_jpeg(path: Path) -> bool:

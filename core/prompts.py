@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from core.config import LimitsConfig
+from core.config import LimitsConfig, key_range
 from core.errors import FrameFolderError, PromptError
 from core.frames import FrameFolder, check_frame_sized
 from core.intake import read_text
 
 PROMPTS_FILE = "prompts.json"
 MAX_OBJECT_ID = 255  # masks are 8-bit palette PNGs: 0 is background, 1..255 are objects
-MAX_CLASSES = 100    # as detect.classes in config
+MAX_CLASSES = int(key_range("detect.classes")[1])  # as many as config.toml may list
 
 _TOP_KEYS = ("objects", "detect", "mode")
 _OBJECT_KEYS = ("id", "frame", "points", "labels", "box", "mask")

@@ -194,11 +194,30 @@ def test_cancel_mid_epoch(tmp_path: Path):
     assert len(seen) == 3
 
 
+def _png_with_corrupt_pixels(path: Path) -> None:
+    """A PNG whose header and chunk checksums are sound but whose pixel data does not inflate: only
+    decoding it finds the damage."""
+    import struct
+    import zlib
+
+    ok, buf = cv2.imencode(".png", np.full((48, 64, 3), 90, np.uint8))
+    b = buf.tobytes()
+    i = b.find(b"IDAT")
+    n = struct.unpack(">I", b[i - 4:i])[0]
+    bad = b[i + 4:i + 6] + bytes(n - 2)  # the zlib header kept, the stream zeroed
+    path.write_bytes(b[:i + 4] + bad + struct.pack(">I", zlib.crc32(b"IDAT" + bad)) + b[i + 8 + n:])
+
+
 def test_corrupt_frame_fails_naming_the_file(tmp_path: Path):
     data = make_dataset(tmp_path / "data", videos=2, n=4)
-    bad = data / "train" / "v0" / "images" / "00002.jpg"
-    bad.write_bytes(bad.read_bytes()[:-300])  # header intact, data cut off: check() cannot tell
-    check(data)
+    cut = data / "train" / "v0" / "images" / "00002.jpg"
+    cut.write_bytes(cut.read_bytes()[:-300])  # a truncated JPEG: the dataset check decodes it and says so
+    with pytest.raises(TrainingError, match=f"^image {cut} cannot be read as an image"):
+        check(data)
+    cut.unlink()
+    bad = cut.with_suffix(".png")
+    _png_with_corrupt_pixels(bad)
+    check(data)  # headers and checksums are sound
     for workers in (0, 1):  # from a DataLoader worker process the error comes back as the same line
         with pytest.raises(TrainingError, match=f"^image {bad} cannot be decoded") as e:
             _run(data, tmp_path / f"run{workers}", _cfg("train.epochs=1", f"train.workers={workers}"))

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import UnidentifiedImageError
 
 from core.config import Config
 from core.errors import FrameFolderError, TrainingError
-from core.frames import IMAGE_SUFFIXES, _pil_open, decode_rgb, is_frame_name, natural_key
+from core.frames import IMAGE_SUFFIXES, decode_rgb, is_frame_name, natural_key
+from core.training.unet_data import header_size
 
 FGR, PHA, BACKGROUNDS = "fgr", "pha", "backgrounds"
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
@@ -140,19 +140,6 @@ def _clip(name: str, fgr_dir: Path, pha_dir: Path, every: int) -> Clip:
             raise TrainingError(f"alpha {frame.pha} is {alpha_size[0]}x{alpha_size[1]} but its foreground "
                                 f"{frame.fgr} is {size[0]}x{size[1]}; fgr and pha frames must have one size")
     return Clip(name, tuple(frames), unpaired)
-
-
-def header_size(path: Path, what: str) -> tuple[int, int]:
-    """Width and height from the file header; a TrainingError naming the file when unreadable."""
-    try:
-        if path.stat().st_size == 0:
-            raise TrainingError(f"{what} {path} is an empty (0-byte) file; re-export it or remove it")
-        with _pil_open(path) as im:
-            return im.size
-    except TrainingError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise TrainingError(f"{what} {path} cannot be read as an image ({e}); re-export it or remove it") from e
 
 
 # ------------------------------------------------------------------ backgrounds

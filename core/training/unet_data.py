@@ -28,7 +28,8 @@ import numpy as np
 from PIL import UnidentifiedImageError
 
 from core.errors import FrameFolderError, TrainingError
-from core.frames import _pil_open, decode_rgb, is_frame_name, natural_key, to_model_input
+from core.config import LimitsConfig
+from core.frames import _pil_open, decode_rgb, image_size, is_frame_name, natural_key, to_model_input
 
 IMAGES, MASKS = "images", "masks"
 VOS_IMAGES, VOS_MASKS, VOS_SETS = "JPEGImages", "Annotations", "ImageSets"
@@ -257,17 +258,9 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def header_size(path: Path, what: str) -> tuple[int, int]:
-    """Width and height from the file header; a TrainingError naming the file when unreadable."""
-    try:
-        if path.stat().st_size == 0:
-            raise TrainingError(f"{what} {path} is an empty (0-byte) file; re-export it or remove it")
-        with _pil_open(path) as im:  # PIL's own opener, also when ultralytics replaced Image.open
-            im.verify()
-            return im.size
-    except TrainingError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise TrainingError(f"{what} {path} cannot be read as an image ({e}); re-export it or remove it") from e
+    """Width and height from the file header (core.frames.image_size, up to the default
+    limits.max_frame_pixels); a TrainingError naming the file when unreadable."""
+    return image_size(path, LimitsConfig().max_frame_pixels, what, error=TrainingError, shown=str(path))
 
 
 # ------------------------------------------------------------------ splitting
