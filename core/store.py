@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import quote
 
-import sqlite_utils
 
 from core.errors import StateError
 
@@ -181,7 +180,6 @@ class Store:
                 conn, self.snapshot = _open_read(self.path, self.timeout)
             conn.execute("PRAGMA foreign_keys = ON")
             self.conn = conn
-            self.db = sqlite_utils.Database(conn)
             if self.access is Access.CREATE:
                 self._migrate()
             else:

@@ -14,7 +14,7 @@ def test_schema_is_versioned_and_wal(tmp_path: Path):
     assert store.schema_version() == 2
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert {"jobs", "progress", "chunks", "events", "samples", "commands", "train_metrics",
-            "migrations"} <= set(store.db.table_names())
+            "migrations"} <= {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     Store(tmp_path / "state.db")  # opening again applies nothing twice
     assert store.conn.execute("SELECT COUNT(*) FROM migrations").fetchone()[0] == 2
 
