@@ -1,9 +1,9 @@
 """Run every mode on the shared clips and print one digest per mode: a check that a change to the code
 left every output byte the same.
 
-    .venv/bin/python -m bench.outputs_digest --work /tmp/digest-a > a.txt
+    .venv/bin/python bench/outputs_digest.py --work /tmp/digest-a > a.txt
     (change the code)
-    .venv/bin/python -m bench.outputs_digest --work /tmp/digest-b --models /tmp/digest-a/models > b.txt
+    .venv/bin/python bench/outputs_digest.py --work /tmp/digest-b --models /tmp/digest-a/models > b.txt
     diff a.txt b.txt
 
 Each job runs through `reelmask run` in a child process with random SAM2 weights at 256 px. The digest
@@ -29,7 +29,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.common import DATA, ROOT
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import DATA, ROOT  # noqa: E402
 
 FAST = ["models.sam2_weights=random", "models.image_size=256", "output.preview=false"]
 YOLO = DATA / "models" / "yolo11n-coco-dequant.pt"
