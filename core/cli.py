@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"reelmask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    # core's own commands in other modules; imported here because they import `command` from this one
+    # core's own commands in other modules (they register through core.commands when imported)
     import core.evaluate.cli  # reelmask eval
     import core.training.cli  # noqa: F401  reelmask train
 
@@ -354,7 +354,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reelmask: internal error: {type(e).__name__}: {e} (rerun with --log-level debug for details)",
               file=sys.stderr)
         return 1
-
 
 
 if __name__ == "__main__":  # the commands register on the imported module; `python -m` would run a copy

@@ -10,8 +10,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -50,7 +49,7 @@ class SelfTrainingDetect:
         records = detector_records(self, cache, out / "detector.pt" if self.trained else None)
         if self.trained is not None:
             records.models["yolo_self_trained"] = {"path": str(out / "detector.pt"), "train_frames": self.train_frames,
-                                                   "settings": dataclasses.asdict(self.settings)}
+                                                   "settings": asdict(self.settings)}
             records.files["detector.pt"] = self.trained
         return records
 
