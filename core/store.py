@@ -80,6 +80,7 @@ class Job:
     finished_at: str | None
     updated_at: str
     options: str | None
+    node: str | None       # the machine the job runs (or ran) on; worker names the worker there
     frames_done: int = 0
     fps: float | None = None
     chunk: int | None = None
@@ -91,6 +92,7 @@ class Job:
             "frames_done": self.frames_done, "frames_total": self.frames_total, "error": self.error,
             "fps": self.fps, "input": self.input_path, "output": self.output_path, "source": self.source,
             "attempts": self.attempts, "resumed_from_frame": self.resumed_from_frame,
+            "worker": self.worker, "node": self.node,
             "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
         }
 
@@ -143,6 +145,11 @@ _MIGRATIONS: list[tuple[int, str]] = [
         id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
         ts TEXT NOT NULL, epoch INTEGER NOT NULL, step INTEGER, loss REAL, metrics TEXT);
     CREATE INDEX train_metrics_job ON train_metrics(job_id, id);
+    """),
+    (3, """
+    ALTER TABLE jobs ADD COLUMN node TEXT;
+    ALTER TABLE samples ADD COLUMN node TEXT;
+    ALTER TABLE samples ADD COLUMN worker TEXT;
     """),
 ]
 
@@ -327,17 +334,17 @@ class Store:
             args.append(limit)
         return [self._row_to_job(r) for r in self.conn.execute(sql, args)]
 
-    def claim(self, worker: str) -> Job | None:
-        """Take the oldest queued job for `worker`, atomically."""
+    def claim(self, worker: str, node: str | None = None) -> Job | None:
+        """Take the oldest queued job for `worker` (on the machine `node`), atomically."""
         with self._tx() as conn:
             row = conn.execute("SELECT id FROM jobs WHERE state = ? ORDER BY created_at, id LIMIT 1",
                                (JobState.QUEUED.value,)).fetchone()
             if row is None:
                 return None
             now = utc_now()
-            conn.execute("UPDATE jobs SET state = ?, worker = ?, started_at = COALESCE(started_at, ?), "
+            conn.execute("UPDATE jobs SET state = ?, worker = ?, node = ?, started_at = COALESCE(started_at, ?), "
                          "attempts = attempts + 1, updated_at = ? WHERE id = ? AND state = ?",
-                         (JobState.RUNNING.value, worker, now, now, row[0], JobState.QUEUED.value))
+                         (JobState.RUNNING.value, worker, node, now, now, row[0], JobState.QUEUED.value))
         return self.job(row[0])
 
     def update_job(self, job_id: str, **values: Any) -> None:
@@ -358,7 +365,7 @@ class Store:
         return cur.rowcount == 1
 
     def requeue(self, job_id: str) -> None:
-        self.update_job(job_id, state=JobState.QUEUED.value, worker=None, error=None, error_detail=None,
+        self.update_job(job_id, state=JobState.QUEUED.value, worker=None, node=None, error=None, error_detail=None,
                         finished_at=None)
 
     def requeue_orphans(self) -> list[str]:
@@ -367,7 +374,7 @@ class Store:
             ids = [r[0] for r in conn.execute("SELECT id FROM jobs WHERE state IN (?, ?)",
                                               (JobState.RUNNING.value, JobState.INTERRUPTED.value))]
             for job_id in ids:
-                conn.execute("UPDATE jobs SET state = ?, worker = NULL, updated_at = ? WHERE id = ?",
+                conn.execute("UPDATE jobs SET state = ?, worker = NULL, node = NULL, updated_at = ? WHERE id = ?",
                              (JobState.QUEUED.value, utc_now(), job_id))
         return ids
 
@@ -440,15 +447,17 @@ class Store:
         return [dict(zip(("id", "ts", "level", "job_id", "message"), r)) for r in reversed(rows)]
 
     def add_sample(self, device: str, name: str | None, mem_used_mb: float | None, mem_total_mb: float | None,
-                   util: float | None, rss_mb: float | None, keep: int = 5000) -> None:
-        self.conn.execute("INSERT INTO samples (ts, device, name, mem_used_mb, mem_total_mb, util, rss_mb) "
-                          "VALUES (?, ?, ?, ?, ?, ?, ?)", (utc_now(), device, name, mem_used_mb, mem_total_mb, util, rss_mb))
+                   util: float | None, rss_mb: float | None, keep: int = 5000, *, node: str | None = None,
+                   worker: str | None = None) -> None:
+        """One reading of one device; `node` and `worker` say whose (None: the daemon's own machine)."""
+        self.conn.execute("INSERT INTO samples (ts, device, name, mem_used_mb, mem_total_mb, util, rss_mb, node, worker) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          (utc_now(), device, name, mem_used_mb, mem_total_mb, util, rss_mb, node, worker))
         self.conn.execute("DELETE FROM samples WHERE id <= (SELECT MAX(id) FROM samples) - ?", (keep,))
 
     def samples(self, limit: int = 120) -> list[dict]:
-        rows = self.conn.execute("SELECT ts, device, name, mem_used_mb, mem_total_mb, util, rss_mb FROM samples "
-                                 "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        keys = ("ts", "device", "name", "mem_used_mb", "mem_total_mb", "util", "rss_mb")
+        keys = ("ts", "device", "name", "mem_used_mb", "mem_total_mb", "util", "rss_mb", "node", "worker")
+        rows = self.conn.execute(f"SELECT {', '.join(keys)} FROM samples ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
         return [dict(zip(keys, r)) for r in reversed(rows)]
 
     def setting(self, key: str, default: str | None = None) -> str | None:
