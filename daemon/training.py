@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from core.config import Config, parse_sets, with_overrides
@@ -17,6 +18,7 @@ from core.errors import Cancelled, ReelmaskError
 from core.store import Job, JobState, Store
 from core.training.events import EpochEnd, TrainFinished, TrainPrepare, TrainStarted, TrainStep, format_metrics
 from daemon.progress import JobProgress, finish_cancel_commands
+from daemon.worker import WorkerLost
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,12 @@ EPOCH = "epoch"
 
 
 class TrainingRun:
-    def __init__(self, store: Store, cfg: Config, job: Job, stop: threading.Event):
+    def __init__(self, store: Store, cfg: Config, job: Job, stop: threading.Event,
+                 events: Callable[..., Iterator[object]] | None = None):
+        """`events(kind, data, out, cfg, should_stop)` runs the trainer and yields its events (the
+        worker's own: in this thread, or on a Ray actor); by default the trainer runs here."""
         self.store, self.job, self.stop = store, job, stop
+        self.events = events or train_events
         sets = job.option_values.get("sets")
         self.cfg = with_overrides(cfg, parse_sets(sets), "reelmask train --set") if sets else cfg
         # progress counts steps (total None until known), its chunk is the running epoch
@@ -42,8 +48,6 @@ class TrainingRun:
         return self.progress.chunk[1] if self.progress.chunk else None
 
     def execute(self) -> None:
-        from core.training.registry import trainer
-
         job, store = self.job, self.store
         out = Path(job.output_path) if job.output_path else None
         try:
@@ -51,8 +55,7 @@ class TrainingRun:
                 raise ReelmaskError("this training job has no output folder; queue it again with `reelmask train --queue`")
             store.log("info", f"training {job.mode} on {job.input_path} -> {out}, attempt {job.attempts}", job.id)
             finished = None
-            for event in trainer(job.mode)(Path(job.input_path), out, self.cfg, should_stop=self.progress.should_stop,
-                                           resume=True):
+            for event in self.events(job.mode, Path(job.input_path), out, self.cfg, self.progress.should_stop):
                 finished = self.on_event(event) or finished
             store.finish_job(job.id, JobState.DONE)
             if finished is not None:
@@ -67,6 +70,9 @@ class TrainingRun:
                 store.finish_job(job.id, JobState.CANCELLED, error="The training was cancelled before it finished.")
                 store.log("warning", "training cancelled; last.pt keeps the last finished epoch", job.id)
                 finish_cancel_commands(store, job.id)
+        except WorkerLost:
+            self._mark_epoch("pending")
+            raise
         except Exception as e:
             self._mark_epoch("failed")
             reason = str(e) if isinstance(e, ReelmaskError) else \
@@ -133,3 +139,10 @@ class TrainingRun:
 
     def _mark_epoch(self, state: str) -> None:
         self.progress.mark_chunk(state, span=(self.done, self.done))  # an epoch row's span is the step count now
+
+
+def train_events(kind: str, data: Path, out: Path, cfg: Config, should_stop: Callable[[], bool]) -> Iterator[object]:
+    """The trainer of `kind`, run here; continues from last.pt in `out` when there is one."""
+    from core.training.registry import trainer
+
+    return trainer(kind)(data, out, cfg, should_stop=should_stop, resume=True)

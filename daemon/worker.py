@@ -8,16 +8,20 @@ A job interrupted by shutdown or a crash keeps its work folder and resumes on th
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
+import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import Config
 from core.errors import Cancelled, FrameFolderError, ReelmaskError
-from core.outputs.folder import staging_path
+from core.outputs.folder import MANIFEST, staging_path
 from core.pipeline import (ChunkFinished, ChunkStarted, EngineWarning, FrameResult, JobFinished, JobStarted, ModelPool,
                            Phase, prepare_job, run_job)
 from core.store import Job, JobState, Store
@@ -26,12 +30,61 @@ from daemon.progress import JobProgress, finish_cancel_commands
 
 log = logging.getLogger(__name__)
 
+
+class WorkerLost(Exception):
+    """The worker running a job went away (a Ray actor or its node died): the job is not at fault and
+    goes back to the queue, to resume from its last finished chunk."""
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """Everything running one segmentation job needs: paths and settings, small enough to send to a
+    Ray actor (never frames)."""
+
+    job_id: str
+    input_dir: Path
+    out: Path
+    cfg: Config
+    mode: str | None
+    inbox_mode: str | None
+    trusted: bool
+
+
+@dataclass(frozen=True)
+class JobPrepared:
+    """The first event of a job: its folder passed every check and this is the mode it runs in."""
+
+    mode: str
+    reason: str
+    frames: int
+
+
+def job_events(request: JobRequest, models: ModelPool, should_stop: Callable[[], bool]) -> Iterator[object]:
+    """One segmentation job through the pipeline, as events: the one code path of every executor (a
+    worker thread calls it in the daemon, a Ray actor calls it on its node)."""
+    prepared = prepare_job(request.input_dir, request.cfg, mode=request.mode, inbox_mode=request.inbox_mode,
+                           job_id=request.job_id, trusted=request.trusted, confined=True)
+    yield JobPrepared(prepared.choice.mode.value, prepared.choice.reason, len(prepared.folder))
+    yield from run_job(prepared, request.out, models=models, should_stop=should_stop, keep_partial=True, resume=True)
+
+
+def finished_manifest(out: Path, job_id: str) -> dict | None:
+    """The manifest of `out` when this very job already published it (a run whose end was never
+    reported, e.g. a Ray actor that died after its last write), else None."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("job_id") == job_id else None
+
+
 class Worker:
     def __init__(self, cfg: Config, name: str, device: str, stop: threading.Event,
                  inbox_lock: threading.Lock | None = None):
         self.cfg = dataclasses.replace(cfg, models=dataclasses.replace(cfg.models, device=device)) \
             if device != "auto" else cfg
         self.name = name
+        self.node = socket.gethostname()
         self.stop = stop
         self.store = Store(cfg.path(cfg.paths.db))
         self.models = ModelPool()
@@ -56,7 +109,7 @@ class Worker:
         """Run one queued job if there is one (and the queue is not paused)."""
         if self.store.setting("paused") == "1" or not self._room_to_work():
             return False
-        job = self.store.claim(self.name)
+        job = self.store.claim(self.name, self.node)
         if job is None:
             return False
         self.current = job.id
@@ -64,9 +117,14 @@ class Worker:
             if job.kind == "train":
                 from daemon.training import TrainingRun
 
-                TrainingRun(self.store, self.cfg, job, self.stop).execute()
+                TrainingRun(self.store, self.cfg, job, self.stop, self._train_events).execute()
             else:
                 self._execute(job)
+        except WorkerLost as e:
+            self.store.requeue(job.id)
+            msg = f"{job.name}: {e}; queued again, it resumes from its last finished chunk"
+            self.store.log("warning", msg, job.id)
+            log.warning(msg)
         except Exception as e:  # failing the job failed too: it must not stay "running" with no worker
             log.exception("worker %s: job %s could not be ended cleanly", self.name, job.id)
             self.store.finish_job(job.id, JobState.FAILED, error=f"reelmask could not finish this job "
@@ -74,6 +132,19 @@ class Worker:
         finally:
             self.current = None
         return True
+
+    # ------------------------------------------------------------------ where jobs run
+
+    def _events(self, request: JobRequest, should_stop: Callable[[], bool]) -> Iterator[object]:
+        """A segmentation job's events; here in this thread (the Ray executor runs it on an actor)."""
+        return job_events(request, self.models, should_stop)
+
+    def _train_events(self, kind: str, data: Path, out: Path, cfg: Config,
+                      should_stop: Callable[[], bool]) -> Iterator[object]:
+        """A training job's events; here in this thread (the Ray executor runs it on an actor)."""
+        from daemon.training import train_events
+
+        return train_events(kind, data, out, cfg, should_stop)
 
     # ------------------------------------------------------------------ one job
 
@@ -141,14 +212,15 @@ class Worker:
             if sets:
                 from core.config import parse_sets, with_overrides
                 cfg = with_overrides(cfg, parse_sets(sets), "reelmask submit --set")
-            prepared = prepare_job(input_dir, cfg, mode=job.mode, inbox_mode=job.inbox_mode, job_id=job.id,
-                                   trusted=self._trusted(job), confined=True)
-            store.update_job(job.id, mode=prepared.choice.mode.value, frames_total=len(prepared.folder))
-            store.log("info", f"{job.name}: {prepared.choice.mode.value} ({prepared.choice.reason}), "
-                              f"{len(prepared.folder)} frames, attempt {job.attempts}", job.id)
-            manifest = None
-            for event in run_job(prepared, out, models=self.models, should_stop=state.should_stop,
-                                 keep_partial=True, resume=True):
+            request = JobRequest(job.id, input_dir, out, cfg, job.mode, job.inbox_mode, self._trusted(job))
+            manifest = finished_manifest(out, job.id)
+            if manifest is not None:
+                store.log("info", f"{job.name}: its output was already complete (an earlier attempt finished)", job.id)
+            for event in self._events(request, state.should_stop) if manifest is None else ():
+                if isinstance(event, JobPrepared):
+                    store.update_job(job.id, mode=event.mode, frames_total=event.frames)
+                    store.log("info", f"{job.name}: {event.mode} ({event.reason}), {event.frames} frames, "
+                                      f"attempt {job.attempts}{self._where()}", job.id)
                 _report(state, event)
                 if isinstance(event, ChunkStarted):
                     log.info("%s: chunk %d %s, frames %d-%d", job.name, event.chunk, event.sweep, event.start,
@@ -177,6 +249,9 @@ class Worker:
                 self._give_up(job, out, JobState.CANCELLED, "The job was cancelled before it finished.", "")
                 state.mark_chunk("cancelled")
                 finish_cancel_commands(store, job.id)
+        except WorkerLost:
+            state.mark_chunk("pending")
+            raise
         except ReelmaskError as e:
             self._give_up(job, out, JobState.FAILED, str(e), traceback.format_exc())
             state.mark_chunk("failed")
@@ -190,6 +265,10 @@ class Worker:
             reason = f"reelmask hit an internal error while running this folder ({type(e).__name__}: {e})."
             self._give_up(job, out, JobState.FAILED, reason, traceback.format_exc())
             state.mark_chunk("failed")
+
+    def _where(self) -> str:
+        """Where the job runs, for its log line (the local executor's workers all run here)."""
+        return ""
 
     def _give_up(self, job: Job, out: Path | None, state: JobState, reason: str, detail: str) -> None:
         """Fail or cancel a job: no partial output stays, the input goes to failed/ with error.txt. Each
