@@ -16,7 +16,7 @@ from core.config import load_config
 from core.store import Store
 from tests.conftest import make_clip, make_seg_dataset
 from tui.app import ReelmaskApp
-from tui.widgets import GpuPanel, JobPanel, QueueTable
+from tui.widgets import DeviceRow, GpuPanel, JobPanel, QueueTable
 
 
 def _sync(fn):
@@ -156,6 +156,27 @@ async def test_gpu_panel_without_a_gpu_shows_ram_and_process_memory(tmp_path: Pa
         label = str(app.query_one(GpuPanel).query_one("#device-label").render())
         assert "No NVIDIA GPU on this machine" in label and "RAM 6.0 GiB/24.0 GiB" in label
         assert "daemon process 900 MiB" in label
+
+
+@_sync
+async def test_gpu_panel_shows_each_nodes_devices_and_the_job_running_there(tmp_path: Path):
+    """Ray actors sample their own nodes: one row per node and device, naming the job on its worker."""
+    cfg = _cfg(tmp_path)
+    s = Store(cfg.path(cfg.paths.db))
+    job = s.add_job("clip_a", tmp_path / "clip_a")
+    s.claim("ray-worker-1", "render02:9f3e11aa")
+    s.add_sample("cuda:0", "NVIDIA L40S", 9000, 46068, 80.0, 2100, node="render01:1b2c3d4e", worker="ray-worker-0")
+    s.add_sample("cuda:0", "NVIDIA L40S", 12000, 46068, 95.0, 2300, node="render02:9f3e11aa", worker="ray-worker-1")
+    app = ReelmaskApp(cfg, refresh_seconds=0.2)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await _settle(app, pilot)
+        labels = [str(row.query_one("#device-label").render()) for row in app.query_one(GpuPanel).query(DeviceRow)]
+        assert len(labels) == 2, labels
+        one, two = sorted(labels)
+        assert "render01:1b2c3d4e" in one and "cuda:0 NVIDIA L40S" in one and "running" not in one
+        assert "render02:9f3e11aa" in two and "actor process" in two
+        assert "running clip_a (ray-worker-1)" in two
+    assert s.job(job).node == "render02:9f3e11aa"
 
 
 def test_commands_are_in_the_palette_and_bindings_are_named():

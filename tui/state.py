@@ -28,6 +28,12 @@ class DeviceMemory:
     rss_mb: float | None
     history: tuple[float, ...]  # used memory, oldest first
     ts: str
+    node: str | None = None     # the machine (Ray executor: sampled by its actors); None = the daemon's own
+    running: tuple[str, ...] = ()  # "job name (worker)" of the jobs running on this node's workers
+
+    @property
+    def key(self) -> str:
+        return f"{self.node}/{self.device}" if self.node else self.device
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ def read_snapshot(store: Store, selected: str | None, state: str | None, last_ev
     use_local = local is not None and (age is None or age > stale_after)
     return Snapshot(
         jobs=jobs, counts=dict(counts), detail=_detail(store, job) if job else None,
-        devices=local.devices(now) if use_local else _devices(samples),
+        devices=local.devices(now) if use_local else _devices(samples, all_jobs),
         events=tuple(e for e in store.events(limit=200) if e["id"] > last_event),
         paused=store.setting("paused") == "1", sample_age=age, taken_at=now.isoformat(), local=use_local)
 
@@ -94,16 +100,21 @@ class LocalMemory:
         return tuple(out)
 
 
-def _devices(samples: list[dict]) -> tuple[DeviceMemory, ...]:
-    by_device: dict[str, list[dict]] = {}
+def _devices(samples: list[dict], jobs: list[Job] | tuple[Job, ...] = ()) -> tuple[DeviceMemory, ...]:
+    """The newest reading and recent history of each device, per node where samples name one (Ray
+    actors sample their own nodes), with the jobs running on the workers that sampled it."""
+    by_device: dict[tuple[str, str], list[dict]] = {}
     for s in samples:
-        by_device.setdefault(s["device"], []).append(s)
+        by_device.setdefault((s.get("node") or "", s["device"]), []).append(s)
+    running = {j.worker: j.name for j in jobs if j.state == "running" and j.worker}
     out = []
-    for device, rows in sorted(by_device.items()):
+    for (node, device), rows in sorted(by_device.items()):
         last = rows[-1]
+        workers = sorted({r.get("worker") for r in rows[-20:] if r.get("worker")})
         out.append(DeviceMemory(device, last["name"] or device, last["mem_used_mb"], last["mem_total_mb"],
                                 last["util"], last["rss_mb"],
-                                tuple(r["mem_used_mb"] or 0.0 for r in rows[-60:]), last["ts"]))
+                                tuple(r["mem_used_mb"] or 0.0 for r in rows[-60:]), last["ts"], node or None,
+                                tuple(f"{running[w]} ({w})" for w in workers if w in running)))
     return tuple(out)
 
 

@@ -147,15 +147,20 @@ class DeviceRow(Vertical):
         yield Sparkline([], id="device-history")
 
     def show(self, d: DeviceMemory) -> None:
+        where = "this machine" if d.node is None else f"node {d.node}"
         if d.device == "cpu":
-            head = Text.assemble(("No NVIDIA GPU on this machine", "bold"),
+            head = Text.assemble((f"No NVIDIA GPU on {where}", "bold"),
                                  f"\nRAM {format_mb(d.used_mb)}/{format_mb(d.total_mb)}")
         else:
-            head = Text.assemble((f"{d.device} {d.name}", "bold"), f" {format_mb(d.used_mb)}/{format_mb(d.total_mb)}")
+            head = Text.assemble(("" if d.node is None else f"{d.node} ", "bold"), (f"{d.device} {d.name}", "bold"),
+                                 f" {format_mb(d.used_mb)}/{format_mb(d.total_mb)}")
             if d.util is not None:
                 head.append(f" · {d.util:.0f}% busy")
         if d.rss_mb is not None:
-            head.append(f"\n{'dashboard' if self.local else 'daemon'} process {format_mb(d.rss_mb)}", style="dim")
+            who = "dashboard" if self.local else ("daemon" if d.node is None else "actor")
+            head.append(f"\n{who} process {format_mb(d.rss_mb)}", style="dim")
+        if d.running:
+            head.append(f"\nrunning {', '.join(d.running)}", style="cyan")
         self.query_one("#device-label", Label).update(head)
         self.query_one("#device-bar", ProgressBar).update(total=d.total_mb or None, progress=d.used_mb or 0)
         self.query_one("#device-history", Sparkline).data = list(d.history)
@@ -180,13 +185,13 @@ class GpuPanel(VerticalScroll):
         else:
             status.update("")
         rows = {r.device: r for r in self.query(DeviceRow)}
-        for device, row in rows.items():
-            if device not in {d.device for d in snapshot.devices}:
+        for key, row in rows.items():
+            if key not in {d.key for d in snapshot.devices}:
                 row.remove()
         for d in snapshot.devices:
-            row = rows.get(d.device)
+            row = rows.get(d.key)
             if row is None:
-                row = DeviceRow(d.device)
+                row = DeviceRow(d.key)
                 row.local = snapshot.local
                 self.mount(row)
                 self.call_after_refresh(row.show, d)
