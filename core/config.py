@@ -176,6 +176,21 @@ class DaemonConfig:
     progress_seconds: float = _key(0.5, "at most one progress write per job per this many seconds", lo=0.01, hi=60)
     sample_seconds: float = _key(2.0, "how often GPU / memory use is sampled for the dashboard", lo=0.01, hi=3600)
     stop_seconds: float = _key(8.0, "on SIGTERM, how long a running job may take to reach a checkpoint", lo=0, hi=3600)
+    executor: str = _key("local", '"local": worker threads in the daemon, one per daemon.devices entry; "ray": workers '
+                                  'are Ray actors, on this machine or a cluster (see [ray])')
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = _key("", '"" starts a private Ray instance inside the daemon; "auto" or "HOST:6379" or '
+                            '"ray://HOST:10001" joins a running cluster')
+    workers: int = _key(0, "actors, each running one job at a time with its models loaded; 0 = one per GPU the "
+                           "cluster offers, or one per daemon.devices entry where it offers none", lo=0, hi=1024)
+    num_gpus: float = _key(1.0, "GPUs each actor takes (0 = a CPU worker; 0.5 = two actors share a GPU); ignored "
+                                "where the cluster has no GPU", lo=0, hi=64)
+    num_cpus: float = _key(1.0, "CPUs each actor takes", lo=0, hi=1024)
+    start_seconds: float = _key(120.0, "how long an actor may take to start and load its code before the daemon "
+                                       "says it is waiting for one", lo=1, hi=86400)
 
 
 @dataclass(frozen=True)
@@ -248,6 +263,7 @@ SECTIONS: dict[str, type] = {
     "refine": RefineConfig,
     "output": OutputConfig,
     "daemon": DaemonConfig,
+    "ray": RayConfig,
     "matting": MattingConfig,
     "train": TrainConfig,
     "limits": LimitsConfig,
@@ -265,6 +281,7 @@ class Config:
     refine: RefineConfig = field(default_factory=RefineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     matting: MattingConfig = field(default_factory=MattingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -521,6 +538,8 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f'refine.prompt must be "points" or "mask", got "{cfg.refine.prompt}"')
     if not cfg.daemon.devices:
         raise ConfigError("daemon.devices must list at least one device")
+    if cfg.daemon.executor not in ("local", "ray"):
+        raise ConfigError(f'daemon.executor must be "local" or "ray", got "{cfg.daemon.executor}"')
     return cfg
 
 

@@ -45,6 +45,7 @@ class Daemon:
         self.stopping = stopping or threading.Event()  # set by signal handlers: stop the main loop
         self.workers_stop = threading.Event()  # set when workers must checkpoint and return
         self.workers: list[tuple[Worker, threading.Thread]] = []
+        self.ray = None  # the RayPool when daemon.executor = "ray"
         self._submitted: dict[Path, object] = {}
         self.inbox_lock = threading.Lock()
         self.sampler = Sampler()
@@ -61,15 +62,27 @@ class Daemon:
             adopt_strays(self.store, self.cfg)  # work/ folders a lost or replaced database forgot
         except sqlite3.OperationalError as e:
             raise self.store.explain(e) from e
-        self.watcher.start()
-        for i, device in enumerate(self.cfg.daemon.devices):
-            worker = Worker(self.cfg, f"worker-{i}-{device}", device, self.workers_stop, self.inbox_lock)
+        for worker in self._make_workers():
             thread = threading.Thread(target=worker.run, name=worker.name, daemon=True)
             thread.start()
             self.workers.append((worker, thread))
+        self.watcher.start()
         inboxes = ", ".join(str(i.path) for i in self.inboxes)
-        self.store.log("info", f"daemon started: inboxes {inboxes}, {len(self.workers)} worker(s)")
-        log.info("watching %s with %d worker(s)", inboxes, len(self.workers))
+        where = "" if self.ray is None else (" on a private Ray instance" if self.ray.private
+                                             else f" on the Ray cluster at {self.cfg.ray.address}")
+        self.store.log("info", f"daemon started: inboxes {inboxes}, {len(self.workers)} worker(s){where}")
+        log.info("watching %s with %d worker(s)%s", inboxes, len(self.workers), where)
+
+    def _make_workers(self) -> list[Worker]:
+        """One worker thread per daemon.devices entry, or (executor "ray") one per planned Ray actor."""
+        if self.cfg.daemon.executor != "ray":
+            return [Worker(self.cfg, f"worker-{i}-{device}", device, self.workers_stop, self.inbox_lock)
+                    for i, device in enumerate(self.cfg.daemon.devices)]
+        from daemon.ray_executor import RayPool, RayWorker
+
+        self.ray = RayPool(self.cfg)
+        plans = self.ray.start()
+        return [RayWorker(self.cfg, self.ray, plan, self.workers_stop, self.inbox_lock) for plan in plans]
 
     def run(self) -> int:
         self.start()
@@ -96,6 +109,8 @@ class Daemon:
             thread.join(timeout=max(0.1, deadline - time.monotonic()))
             if thread.is_alive():
                 log.warning("%s did not reach a checkpoint in time; its job resumes on the next start", worker.name)
+        if self.ray is not None:
+            self.ray.shutdown([w.actor for w, _ in self.workers if getattr(w, "actor", None) is not None])
         try:
             self.store.log("info", "daemon stopped")
         except sqlite3.OperationalError as e:
@@ -157,7 +172,12 @@ class Daemon:
 
     def _sample(self) -> None:
         try:
-            self.sampler.sample(self.store)
+            if self.ray is None:
+                self.sampler.sample(self.store)
+            else:  # each actor samples the devices of its own node
+                from daemon.ray_executor import sample_workers
+
+                sample_workers(self.store, [w for w, _ in self.workers])
         except Exception:
             log.debug("sampling failed", exc_info=True)
 

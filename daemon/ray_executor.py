@@ -1,0 +1,458 @@
+"""daemon.executor = "ray": the daemon's workers are Ray actors, on this machine or across a cluster.
+
+The daemon stays the one process that watches the inboxes, claims jobs and writes the state
+database. Each worker is a thread in the daemon paired with one actor (`ReelmaskWorker`): the thread
+claims a job and moves its folder into work/ as a local worker does, then sends the actor a
+JobRequest (paths and settings) and records the events the actor streams back while it runs the
+same `job_events` a local worker runs. The actor keeps its models loaded between jobs and writes
+masks straight into the job's staging folder, so every node must see the daemon's folders at the
+same paths (shared storage); only small records cross the wire, never frames.
+
+Faults: when an actor dies mid-job (its process killed, its node gone) the stream raises an actor
+error; the job goes back to the queue and resumes from its last finished chunk on whichever worker
+claims it next, and the thread waits for Ray to restart its actor, checking again that it sees the
+work folder. Ray is imported only when this executor is chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.config import Config
+from core.pipeline import AlphaResult, ChunkFinished, FrameResult, PromptUsed
+from core.errors import Cancelled, ConfigError, ReelmaskError
+from daemon.worker import JobRequest, Worker, WorkerLost, job_events
+
+log = logging.getLogger(__name__)
+
+ACTOR_CLASS = "ReelmaskWorker"  # its processes show as `ray::ReelmaskWorker` (`ray::ReelmaskWorker.run` while busy)
+PROBE_PREFIX = ".ray-probe-"
+POLL_SECONDS = 0.1  # how often a waiting stream looks at the job's stop flag: well inside one frame
+REFUSED_RETRY_SECONDS = 60.0
+
+
+# ---------------------------------------------------------------- what crosses the wire
+
+@dataclass(frozen=True)
+class Ended:
+    """The last record of a stream that ended in an exception: what it was, where, and its traceback."""
+
+    kind: str  # cancelled | reelmask | oserror | internal
+    message: str
+    detail: str
+    node: str
+    errno: int | None = None
+    filename: str | None = None
+    type_name: str = ""
+
+    @classmethod
+    def of(cls, error: BaseException, node: str) -> "Ended":
+        detail = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        if isinstance(error, Cancelled):
+            return cls("cancelled", str(error), detail, node)
+        if isinstance(error, ReelmaskError):
+            return cls("reelmask", str(error), detail, node)
+        if isinstance(error, OSError):
+            return cls("oserror", error.strerror or str(error), detail, node, error.errno,
+                       None if error.filename is None else str(error.filename))
+        return cls("internal", str(error), detail, node, type_name=type(error).__name__)
+
+    def error(self) -> BaseException:
+        """The exception to raise in the daemon, with the actor's traceback as its cause."""
+        cause = RemoteTraceback(f"on node {self.node}:\n{self.detail}")
+        if self.kind == "cancelled":
+            error: BaseException = Cancelled(self.message)
+        elif self.kind == "reelmask":
+            error = ReelmaskError(self.message)
+        elif self.kind == "oserror":
+            error = OSError(self.errno, self.message, self.filename)
+        else:
+            error = RemoteError(f"{self.type_name}: {self.message} (on node {self.node})")
+        error.__cause__ = cause
+        return error
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an error raised on an actor (shown as the cause of the error it became here)."""
+
+
+class RemoteError(Exception):
+    """An unexpected error on an actor; its text names the original type and the node."""
+
+
+def slim(event: object) -> object | None:
+    """An engine event as it crosses to the daemon: what the daemon records, without arrays (the masks
+    and mattes themselves are already written by the actor). None: nothing the daemon needs."""
+    if isinstance(event, FrameResult):
+        return dataclasses.replace(event, id_map=None)
+    if isinstance(event, ChunkFinished):
+        return dataclasses.replace(event, handover={}, state={})
+    if isinstance(event, (AlphaResult, PromptUsed)):
+        return None
+    return event
+
+
+# ---------------------------------------------------------------- the actor
+
+class ReelmaskWorker:
+    """One Ray actor: runs one job at a time with its models loaded between jobs. Made a Ray actor
+    class by `actor_class()`, with a few threads so that stop, hello and sample answer while a job runs."""
+
+    def __init__(self, name: str):
+        import ray
+
+        from core.pipeline import ModelPool
+
+        self.name = name
+        # the host name, and Ray's node id for several nodes on one host (and to find a node by it)
+        self.node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:8]}"
+        self.models = ModelPool()
+        self.busy = threading.Lock()  # one job at a time, even when an old daemon's call still runs
+        self.stopped: set[str] = set()  # job ids told to stop; "*" stops whatever runs
+        self.probe = None
+
+    def hello(self, folders: list[str], probe: str | None, token: str | None) -> dict:
+        """Who and where this actor is, and whether it sees the daemon's folders (the same files, not
+        just folders of the same name: it reads back a token the daemon wrote into work/)."""
+        import ray
+
+        problem = None
+        for folder in folders:
+            if not Path(folder).is_dir():
+                problem = (f"worker {self.name} on node {self.node} cannot see the folder {folder}: every node must "
+                           "see the daemon's inboxes, work/ and outbox at the same paths (shared storage); mount it "
+                           "there or leave this node out of the cluster")
+                break
+        if problem is None and probe is not None:
+            try:
+                seen = Path(probe).read_text()
+            except OSError:
+                seen = None
+            if seen != token:
+                problem = (f"worker {self.name} on node {self.node} sees a folder at {Path(probe).parent} but not the "
+                           "daemon's: a file the daemon wrote there is missing or different. Every node must see the "
+                           "same work/ at the same path (shared storage, not a local folder of that name)")
+        ctx = ray.get_runtime_context()
+        return {"node": self.node, "ip": ray.util.get_node_ip_address(), "node_id": ctx.get_node_id(),
+                "pid": os.getpid(), "gpus": [str(g) for g in ray.get_gpu_ids()], "problem": problem}
+
+    def run(self, request: JobRequest) -> Iterator[object]:
+        """Run one segmentation job and stream its events (slimmed); an exception becomes an `Ended`."""
+        yield from self._stream(request.job_id, lambda stop: job_events(request, self.models, stop))
+
+    def train(self, job_id: str, kind: str, data: Path, out: Path, cfg: Config) -> Iterator[object]:
+        """Run one training job and stream the trainer's events."""
+        from daemon.training import train_events
+
+        yield from self._stream(job_id, lambda stop: train_events(kind, data, out, cfg, stop))
+
+    def _stream(self, job_id: str, events: Callable[[Callable[[], bool]], Iterator[object]]) -> Iterator[object]:
+        def should_stop() -> bool:
+            return job_id in self.stopped or "*" in self.stopped
+
+        with self.busy:
+            self.stopped.discard("*")
+            try:
+                for event in events(should_stop):
+                    small = slim(event)
+                    if small is not None:
+                        yield small
+            except BaseException as e:  # noqa: BLE001 - everything goes back to the daemon as a record
+                yield Ended.of(e, self.node)
+            finally:
+                self.stopped.discard(job_id)
+
+    def stop(self, job_id: str | None = None) -> None:
+        """Stop the job `job_id` (or whatever runs, for None) at its next frame; it ends as cancelled."""
+        self.stopped.add(job_id or "*")
+
+    def sample(self) -> dict:
+        """This actor's devices and memory, for the dashboard."""
+        from core.memory import MemoryProbe
+
+        if self.probe is None:
+            self.probe = MemoryProbe()
+        readings = [dataclasses.asdict(d) for d in self.probe.read()]
+        return {"node": self.node, "rss_mb": self.probe.rss_mb(), "devices": readings}
+
+
+def actor_class():
+    import ray
+
+    return ray.remote(ReelmaskWorker)
+
+
+# ---------------------------------------------------------------- the cluster
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    index: int
+    name: str
+    device: str  # the device setting the actor's jobs get: "auto" (its GPU) or "cpu"
+    num_gpus: float
+
+
+def namespace(cfg: Config) -> str:
+    """The Ray namespace of this daemon's actors: one per state database, so two daemons on one
+    cluster never take each other's actors."""
+    db = str(cfg.path(cfg.paths.db).resolve())
+    return "reelmask-" + hashlib.sha1(db.encode()).hexdigest()[:10]
+
+
+def plan_workers(cfg: Config, cluster_gpus: float) -> list[WorkerPlan]:
+    """How many actors and what each takes: `ray.workers` (0 = one per GPU the cluster offers, or one
+    per daemon.devices entry where it has none), each with `ray.num_gpus` GPUs where there are GPUs."""
+    r = cfg.ray
+    gpus = r.num_gpus if cluster_gpus > 0 else 0.0
+    count = r.workers or (max(1, int(cluster_gpus // gpus)) if gpus else len(cfg.daemon.devices))
+    return [WorkerPlan(i, f"ray-worker-{i}", "auto" if gpus else "cpu", gpus) for i in range(count)]
+
+
+class RayPool:
+    """The daemon's connection to Ray and its actors."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.private = cfg.ray.address == ""
+        self.namespace = namespace(cfg)
+        self.work = cfg.path(cfg.paths.work)
+        self.probe = self.work / f"{PROBE_PREFIX}{os.getpid()}"
+        self.token = secrets.token_hex(16)
+        self.cls = None
+        self.plans: list[WorkerPlan] = []
+
+    def start(self) -> list[WorkerPlan]:
+        """Connect to (or start) Ray and plan the workers; raises ConfigError when Ray is missing or unreachable."""
+        try:
+            import ray
+        except ImportError as e:
+            raise ConfigError('daemon.executor = "ray" needs the ray package: install it with '
+                              '`.venv/bin/pip install "ray>=2.40"` (the project\'s `[ray]` extra)') from e
+        r = self.cfg.ray
+        common = dict(namespace=self.namespace, include_dashboard=False, logging_level=logging.WARNING,
+                      configure_logging=False)
+        # ray.init installs its own SIGTERM / SIGINT handlers (exit at once); the daemon's own, which let
+        # running jobs reach a checkpoint, are put back after it
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} \
+            if threading.current_thread() is threading.main_thread() else {}
+        try:
+            if self.private:
+                need = math.ceil(max(1, r.workers or len(self.cfg.daemon.devices)) * r.num_cpus)
+                ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need),
+                         object_store_memory=200 * 2**20, **common)
+            else:
+                ray.init(address=r.address, **common)
+        except Exception as e:  # ConnectionError, RuntimeError, ValueError: Ray's own words say why
+            where = "start a private Ray instance" if self.private else f"join the Ray cluster at ray.address = {r.address!r}"
+            raise ConfigError(f"could not {where}: {e}. Check that `ray start --head` runs there and that this "
+                              "machine can reach it, or set ray.address = \"\" for a private instance") from e
+        finally:
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+        self.probe.write_text(self.token)
+        self.cls = actor_class()
+        self.plans = plan_workers(self.cfg, ray.cluster_resources().get("GPU", 0.0))
+        return self.plans
+
+    def actor(self, plan: WorkerPlan):
+        """The actor of `plan`: found again by its name (after a daemon restart) or made. It restarts
+        after a crash (Ray does that); a call in flight then fails and the daemon requeues that job."""
+        opts = dict(name=plan.name, get_if_exists=True, max_restarts=-1, max_task_retries=0, max_concurrency=4,
+                    num_cpus=self.cfg.ray.num_cpus, num_gpus=plan.num_gpus)
+        if not self.private:
+            opts["lifetime"] = "detached"  # a daemon that crashes finds its actors, and their models, again
+        return self.cls.options(**opts).remote(plan.name)
+
+    def hello(self, actor):
+        import ray  # noqa: F401 - the actor handle needs it imported
+
+        folders = [str(self.work), str(self.cfg.path(self.cfg.paths.outbox))]
+        return actor.hello.remote(folders, str(self.probe), self.token)
+
+    def shutdown(self, actors: list) -> None:
+        import ray
+
+        for actor in actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # already gone
+                log.debug("could not kill an actor", exc_info=True)
+        self.probe.unlink(missing_ok=True)
+        ray.shutdown()
+
+
+def actor_lost_errors() -> tuple[type[BaseException], ...]:
+    """Ray's errors that mean the actor (or its node) is gone, not that the job failed."""
+    from ray import exceptions as rex
+
+    names = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError", "NodeDiedError",
+             "ObjectLostError", "OwnerDiedError", "RaySystemError")
+    return tuple(getattr(rex, n) for n in names if hasattr(rex, n))
+
+
+# ---------------------------------------------------------------- the daemon's side
+
+class RayWorker(Worker):
+    """A worker thread whose jobs run on one Ray actor."""
+
+    def __init__(self, cfg: Config, pool: RayPool, plan: WorkerPlan, stop: threading.Event,
+                 inbox_lock: threading.Lock | None = None):
+        super().__init__(cfg, plan.name, plan.device, stop, inbox_lock)
+        self.pool, self.plan = pool, plan
+        self.node = None
+        self.actor = None
+        self.info: dict | None = None
+        self._hello = None
+        self._asked_at = 0.0
+        self._waited_warned = False
+        self._refused_at = float("-inf")
+        self._next_try = 0.0
+
+    # ------------------------------------------------------------------ the actor
+
+    def step(self) -> bool:
+        if not self._actor_ready():
+            return False
+        return super().step()
+
+    def _actor_ready(self) -> bool:
+        """True once the actor has answered hello and sees the folders; never blocks."""
+        import ray
+
+        if self.info is not None:
+            return True
+        if time.monotonic() - self._refused_at < REFUSED_RETRY_SECONDS or time.monotonic() < self._next_try:
+            return False
+        if self.actor is None:
+            self.actor = self.pool.actor(self.plan)
+        if self._hello is None:
+            self._hello = self.pool.hello(self.actor)
+            if not self._asked_at:
+                self._asked_at, self._waited_warned = time.monotonic(), False
+        ready, _ = ray.wait([self._hello], timeout=0)
+        if not ready:
+            self._warn_if_slow()
+            return False
+        hello, self._hello = self._hello, None
+        try:
+            info = ray.get(hello)
+        except ray.exceptions.ActorUnavailableError:  # restarting (once a node has room): ask again soon
+            self._next_try = time.monotonic() + 1.0
+            self._warn_if_slow()
+            return False
+        except actor_lost_errors() as e:
+            self._say("warning", f"{self.name}: its Ray actor is gone for good ({type(e).__name__}); starting a new one")
+            self.actor, self._next_try = None, time.monotonic() + 1.0
+            return False
+        self._asked_at = 0.0
+        if info["problem"]:
+            self._say("error", f"{info['problem']} (this worker takes no jobs; it asks again in "
+                               f"{REFUSED_RETRY_SECONDS:.0f} s)")
+            self._refused_at, self._asked_at = time.monotonic(), 0.0
+            try:
+                ray.kill(self.actor)
+            except Exception:
+                log.debug("could not kill a refused actor", exc_info=True)
+            self.actor = None
+            return False
+        self.info, self.node = info, info["node"]
+        gpus = f", GPU {','.join(info['gpus'])}" if info["gpus"] else ""
+        self._say("info", f"{self.name}: Ray actor on node {info['node']} ({info['ip']}), pid {info['pid']}{gpus}")
+        return True
+
+    def _warn_if_slow(self) -> None:
+        """Say once when the actor has not answered for ray.start_seconds (no room for it, most often)."""
+        waited = time.monotonic() - self._asked_at
+        if waited > self.cfg.ray.start_seconds and not self._waited_warned:
+            self._waited_warned = True
+            r = self.cfg.ray
+            self._say("warning", f"{self.name}: no Ray actor after {waited:.0f} s; the cluster may have no room for "
+                                 f"one more actor ({r.num_cpus} CPU, {self.plan.num_gpus} GPU): add a node or lower "
+                                 "ray.workers. Its jobs run on the other workers meanwhile")
+
+    def _say(self, level: str, message: str) -> None:
+        self.store.log(level, message)
+        log.log(getattr(logging, level.upper()), message)
+
+    def _where(self) -> str:
+        return f", on {self.name} at {self.node}"
+
+    def lost(self) -> None:
+        """The actor died: ask again (Ray restarts it, perhaps on another node) before the next job."""
+        self.info = None
+
+    # ------------------------------------------------------------------ jobs
+
+    def _events(self, request: JobRequest, should_stop: Callable[[], bool]) -> Iterator[object]:
+        return self._stream(self.actor.run.remote(request), request.job_id, should_stop)
+
+    def _train_events(self, kind: str, data: Path, out: Path, cfg: Config,
+                      should_stop: Callable[[], bool]) -> Iterator[object]:
+        return self._stream(self.actor.train.remote(self.current, kind, data, out, cfg), self.current, should_stop)
+
+    def _stream(self, stream, job_id: str, should_stop: Callable[[], bool]) -> Iterator[object]:
+        """The actor's events as they come; a stop (cancel, shutdown) reaches the actor within POLL_SECONDS."""
+        import ray
+
+        lost = actor_lost_errors()
+        stop_sent = False
+        try:
+            while True:
+                if not stop_sent and should_stop():
+                    self.actor.stop.remote(job_id)
+                    stop_sent = True
+                ready, _ = ray.wait([stream], timeout=POLL_SECONDS)
+                if not ready:
+                    continue
+                try:
+                    event = ray.get(next(stream))
+                except StopIteration:
+                    return
+                if isinstance(event, Ended):
+                    raise event.error()
+                yield event
+        except lost as e:
+            self.lost()
+            raise WorkerLost(f"{self.name} on node {self.node} was lost while running this job "
+                             f"({type(e).__name__})") from e
+
+    # ------------------------------------------------------------------ dashboard
+
+    def sample(self):
+        """A pending sample() call of this worker's actor, or None while it has none."""
+        return self.actor.sample.remote() if self.info is not None and self.actor is not None else None
+
+
+def sample_workers(store, workers: list[RayWorker], timeout: float = 2.0) -> None:
+    """Every actor's devices and memory into the samples table, named by node and worker."""
+    import ray
+
+    calls = [(w, w.sample()) for w in workers]
+    calls = [(w, ref) for w, ref in calls if ref is not None]
+    if not calls:
+        return
+    ready, _ = ray.wait([ref for _, ref in calls], num_returns=len(calls), timeout=timeout)
+    for worker, ref in calls:
+        if ref not in ready:
+            continue
+        try:
+            s = ray.get(ref)
+        except Exception:  # an actor that just died: the next sample will tell
+            continue
+        for d in s["devices"]:
+            store.add_sample(d["device"], d["name"], d["used_mb"], d["total_mb"], d["util"], s["rss_mb"],
+                             node=s["node"], worker=worker.name)

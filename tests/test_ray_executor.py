@@ -1,0 +1,225 @@
+"""daemon.executor = "ray" on a real Ray runtime: a private instance started by the daemon, and a
+`ray.cluster_utils.Cluster` of two simulated nodes. Jobs spread over the workers; an actor process
+killed or a node removed mid-job costs at most the chunk in flight; cancel reaches a remote job; an
+actor that does not see the daemon's work folder is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.engine.events import ChunkFinished, FrameResult, PromptUsed
+from core.errors import Cancelled, FrameFolderError
+from tests.conftest import make_clip, point_prompt
+from tests.daemon_process import cli, start, status, stop, wait, write_config
+
+ray = pytest.importorskip("ray")
+
+from daemon.ray_executor import Ended, RemoteError, plan_workers, slim  # noqa: E402
+
+CLIP = dict(size=(96, 64), prompts={"objects": [point_prompt((96, 64))]})
+
+
+def _config(root: Path, **ray_keys) -> Path:
+    (root / "inbox").mkdir(exist_ok=True)
+    keys = {"address": "", "workers": 2, "num_gpus": 0, "num_cpus": 1, **ray_keys}
+    return write_config(root, {"paths": {"inboxes": ["inbox"]}, "chunking": {"chunk_size": 6},
+                               "daemon": {"executor": "ray", "sample_seconds": 0.5}, "ray": keys})
+
+
+def _drop(root: Path, name: str, n: int) -> None:
+    """A clip copied in elsewhere and moved into the inbox whole, marked ready."""
+    clip = make_clip(root / "staging" / name, n=n, **CLIP)
+    (clip / ".ready").write_text("")
+    os.rename(clip, root / "inbox" / name)
+
+
+def _jobs(root: Path) -> dict[str, dict]:
+    return {j["name"]: j for j in status(root)["jobs"]}
+
+
+def _masks(root: Path, name: str) -> list[np.ndarray]:
+    import cv2
+
+    files = sorted((root / "outbox" / name / "masks").glob("*.png"))
+    return [cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in files]
+
+
+def _all_done(root: Path, names: list[str], proc, timeout: float = 300) -> dict[str, dict]:
+    def done():
+        jobs = _jobs(root)
+        bad = {n: j for n, j in jobs.items() if n in names and j["state"] in ("failed", "cancelled")}
+        assert not bad, bad
+        return jobs if all(jobs.get(n, {}).get("state") == "done" for n in names) else None
+    return wait(done, timeout, f"jobs {names} done", proc)
+
+
+def _actor_pid(root: Path, worker: str) -> int:
+    """The pid of `worker`'s actor, from the daemon's event line when the actor answered."""
+    from core.store import Store
+
+    lines = [e["message"] for e in Store(root / "reelmask.db").events(limit=500)
+             if e["message"].startswith(f"{worker}: Ray actor on node")]
+    assert lines, f"no actor line for {worker}"
+    return int(lines[-1].rsplit("pid ", 1)[1].split(",")[0])
+
+
+# ---------------------------------------------------------------- without a runtime
+
+def test_plan_workers_counts_gpus_or_devices():
+    from core.config import load_config
+
+    cfg = load_config(None, ["daemon.devices=[\"cpu\",\"cpu\",\"cpu\"]"], use_default_path=False)
+    assert [(p.name, p.device, p.num_gpus) for p in plan_workers(cfg, 0)] == \
+        [("ray-worker-0", "cpu", 0), ("ray-worker-1", "cpu", 0), ("ray-worker-2", "cpu", 0)]
+    assert len(plan_workers(cfg, 8)) == 8 and plan_workers(cfg, 8)[0].device == "auto"
+    half = load_config(None, ["ray.num_gpus=0.5"], use_default_path=False)
+    assert len(plan_workers(half, 2)) == 4
+    fixed = load_config(None, ["ray.workers=3", "ray.num_gpus=0"], use_default_path=False)
+    assert [p.num_gpus for p in plan_workers(fixed, 4)] == [0, 0, 0]
+
+
+def test_only_small_records_cross_and_errors_come_back_as_themselves():
+    frame = FrameResult(3, np.ones((64, 96), np.uint8), 0)
+    assert slim(frame).id_map is None and slim(frame).frame == 3
+    chunk = ChunkFinished(0, 0, 6, "forward", 1.0, 6, handover={1: np.ones((4, 4))}, state={"x": 1})
+    assert slim(chunk).handover == {} and slim(chunk).state == {}
+    assert slim(PromptUsed(0, 1, "user", 0)) is None
+    for raised, kind in ((Cancelled(), Cancelled), (FrameFolderError("frame 3 is broken"), Exception),
+                         (FileNotFoundError(2, "No such file", "/x/y.png"), OSError), (KeyError("k"), RemoteError)):
+        try:
+            raise raised
+        except BaseException as e:  # noqa: BLE001
+            ended = Ended.of(e, "node-a")
+        back = ended.error()
+        assert isinstance(back, kind) and "node-a" in str(back.__cause__)
+    assert str(Ended.of(FrameFolderError("frame 3 is broken"), "n").error()) == "frame 3 is broken"
+    assert Ended.of(FileNotFoundError(2, "No such file", "/x/y.png"), "n").error().filename == "/x/y.png"
+    assert "KeyError" in str(Ended.of(KeyError("k"), "node-a").error())
+
+
+# ---------------------------------------------------------------- a private Ray instance
+
+def test_jobs_spread_over_two_actors_and_survive_a_killed_actor(tmp_path: Path):
+    """Three clips on two actors: every job done on both workers; one actor process killed mid-job costs
+    that job at most the chunk in flight, and its masks equal those of the same clip run without a kill."""
+    _config(tmp_path)
+    for name in ("a", "b"):
+        _drop(tmp_path, name, 36)
+    proc = start(tmp_path)
+    try:
+        running = wait(lambda: [j for j in _jobs(tmp_path).values() if j["state"] == "running" and j["frames_done"] >= 8],
+                       240, "a job 8 frames in", proc)[0]
+        pid = _actor_pid(tmp_path, running["worker"])
+        at_kill = _jobs(tmp_path)[running["name"]]["frames_done"]
+        os.kill(pid, signal.SIGKILL)
+        _drop(tmp_path, "c", 36)
+        jobs = _all_done(tmp_path, ["a", "b", "c"], proc)
+    finally:
+        assert stop(proc)[0] == 0
+    assert len({j["worker"] for j in jobs.values()}) == 2, jobs
+    assert all(j["node"] for j in jobs.values())
+    killed = jobs[running["name"]]
+    assert killed["attempts"] == 2
+    manifest = json.loads((tmp_path / "outbox" / running["name"] / "manifest.json").read_text())
+    assert manifest["resumed_from_frame"] is not None and manifest["resumed_from_frame"] >= at_kill - 6 - 1
+    reference = _masks(tmp_path, "c")
+    for name in ("a", "b"):
+        masks = _masks(tmp_path, name)
+        assert len(masks) == 36
+        assert all(np.array_equal(m, r) for m, r in zip(masks, reference)), f"{name}'s masks differ"
+    assert not [p for p in (tmp_path / "work").iterdir()], "work/ keeps something"
+
+
+def test_cancel_reaches_a_remote_job_and_the_worker_goes_on(tmp_path: Path):
+    _config(tmp_path, workers=1)
+    _drop(tmp_path, "long", 120)
+    proc = start(tmp_path)
+    try:
+        job = wait(lambda: [j for j in _jobs(tmp_path).values() if j["state"] == "running" and j["frames_done"] >= 3],
+                   240, "the job running", proc)[0]
+        assert cli(tmp_path, "cancel", job["id"][:8]).returncode == 0
+        wait(lambda: _jobs(tmp_path)["long"]["state"] == "cancelled", 60, "the job cancelled", proc)
+        assert _jobs(tmp_path)["long"]["frames_done"] < 120
+        assert (tmp_path / "failed" / "long" / "error.txt").is_file()
+        _drop(tmp_path, "next", 6)
+        _all_done(tmp_path, ["next"], proc)
+    finally:
+        assert stop(proc)[0] == 0
+
+
+def test_an_actor_that_cannot_see_the_work_folder_is_refused(tmp_path: Path):
+    """The real actor reads back a file the daemon wrote into work/; here it finds another token, as an
+    actor on a node with a local folder of the same name would."""
+    from core.config import load_config
+    from core.store import Store
+    from daemon.ray_executor import RayPool, RayWorker
+    import threading
+
+    cfg = load_config(_config(tmp_path, workers=1))
+    for d in ("work", "outbox"):
+        (tmp_path / d).mkdir()
+    store = Store(tmp_path / "reelmask.db")
+    pool = RayPool(cfg)
+    plans = pool.start()
+    worker = RayWorker(cfg, pool, plans[0], threading.Event())
+    try:
+        pool.token = "not what the daemon wrote"
+        job_id = store.add_job("queued", tmp_path / "x", source="submit")
+        deadline = time.monotonic() + 120
+        while worker._refused_at < 0 and time.monotonic() < deadline:
+            assert worker.step() is False
+            time.sleep(0.1)
+        assert worker.step() is False  # refused: it takes no job
+        assert store.job(job_id).state == "queued"
+        errors = [e["message"] for e in store.events() if e["level"] == "error"]
+        assert errors and "on node" in errors[-1] and str(tmp_path / "work") in errors[-1], errors
+        assert "shared storage" in errors[-1]
+    finally:
+        pool.shutdown([])
+
+
+# ---------------------------------------------------------------- two simulated nodes
+
+def test_two_nodes_one_removed_mid_job(tmp_path: Path):
+    """A cluster of two worker nodes (one CPU each, the head runs no actor): jobs run on both; removing
+    the node of a running job requeues it and it ends on the other node with the same masks."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    _config(tmp_path, address=cluster.address)
+    for name in ("a", "b"):
+        _drop(tmp_path, name, 36)
+    proc = start(tmp_path)
+    try:
+        def both_running():
+            jobs = [j for j in _jobs(tmp_path).values() if j["state"] == "running" and j["frames_done"] >= 2]
+            return jobs if len(jobs) == 2 and max(j["frames_done"] for j in jobs) >= 8 else None
+        both = wait(both_running, 240, "both jobs running", proc)
+        assert both[0]["node"] != both[1]["node"] and both[0]["worker"] != both[1]["worker"], both
+        victim = max(both, key=lambda j: j["frames_done"])
+        at_kill = _jobs(tmp_path)[victim["name"]]["frames_done"]
+        node = next((n for n in nodes if victim["node"].endswith(n.node_id[:8])), None)
+        assert node is not None, (victim, [n.node_id for n in nodes])
+        cluster.remove_node(node)
+        _drop(tmp_path, "c", 36)
+        jobs = _all_done(tmp_path, ["a", "b", "c"], proc, timeout=400)
+    finally:
+        try:
+            assert stop(proc)[0] == 0
+        finally:
+            cluster.shutdown()
+    assert jobs[victim["name"]]["attempts"] >= 2 and jobs[victim["name"]]["node"] != victim["node"]
+    manifest = json.loads((tmp_path / "outbox" / victim["name"] / "manifest.json").read_text())
+    assert manifest["resumed_from_frame"] >= at_kill - 6 - 1
+    reference = _masks(tmp_path, "c")
+    for name in ("a", "b"):
+        assert all(np.array_equal(m, r) for m, r in zip(_masks(tmp_path, name), reference)), f"{name}'s masks differ"
