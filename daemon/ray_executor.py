@@ -339,6 +339,9 @@ class RayWorker(Worker):
             return False
         if self.actor is None:
             self.actor = self.pool.actor(self.plan)
+            # an actor found again after a daemon crash may still run that daemon's job: stop it (its job is
+            # requeued here and resumes from its checkpoint once the actor is free)
+            self.actor.stop.remote(None)
         if self._hello is None:
             self._hello = self.pool.hello(self.actor)
             if not self._asked_at:

@@ -8,6 +8,7 @@ reach a checkpoint (it is marked interrupted and resumes on the next start) and 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sqlite3
 import threading
@@ -254,6 +255,9 @@ class Daemon:
                 return
             (current / "error.txt").unlink(missing_ok=True)
         self.store.clear_job_details(job.id)
+        if "workers_lost" in job.option_values:  # a retry starts the count of workers lost under it again
+            options = {k: v for k, v in job.option_values.items() if k != "workers_lost"}
+            self.store.update_job(job.id, options=json.dumps(options) if options else None)
         # a training run keeps its folder: the retry continues from its last.pt
         self.store.update_job(job.id, input_path=str(current),
                               output_path=job.output_path if job.kind == "train" else None)

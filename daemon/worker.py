@@ -30,6 +30,8 @@ from daemon.progress import JobProgress, finish_cancel_commands
 
 log = logging.getLogger(__name__)
 
+MAX_WORKERS_LOST = 3  # a job whose worker died this many times under it fails instead of being queued again
+
 
 class WorkerLost(Exception):
     """The worker running a job went away (a Ray actor or its node died): the job is not at fault and
@@ -121,10 +123,7 @@ class Worker:
             else:
                 self._execute(job)
         except WorkerLost as e:
-            self.store.requeue(job.id)
-            msg = f"{job.name}: {e}; queued again, it resumes from its last finished chunk"
-            self.store.log("warning", msg, job.id)
-            log.warning(msg)
+            self._lost(job, e)
         except Exception as e:  # failing the job failed too: it must not stay "running" with no worker
             log.exception("worker %s: job %s could not be ended cleanly", self.name, job.id)
             self.store.finish_job(job.id, JobState.FAILED, error=f"reelmask could not finish this job "
@@ -132,6 +131,30 @@ class Worker:
         finally:
             self.current = None
         return True
+
+    def _lost(self, job: Job, error: WorkerLost) -> None:
+        """The job's worker died under it: queue it again to resume, unless workers keep dying on this
+        job (it may be what kills them, e.g. by running out of memory)."""
+        options = self.store.job(job.id).option_values
+        lost = int(options.get("workers_lost", 0)) + 1
+        self.store.update_job(job.id, options=json.dumps({**options, "workers_lost": lost}))
+        if lost >= MAX_WORKERS_LOST:
+            reason = (f"{error}. A worker died under this job {lost} times, so it may be what kills them (too "
+                      f"little memory for its frames or settings?); it was given up. Check the node's log, then "
+                      f"`reelmask retry {job.id[:8]}`.")
+            current = self.store.job(job.id)
+            detail = "".join(traceback.format_exception(error))
+            if job.kind == "train":  # a dataset is never moved; last.pt keeps the last finished epoch
+                self.store.finish_job(job.id, JobState.FAILED, error=reason, detail=detail)
+                self.store.log("error", f"{job.name}: {reason}", job.id)
+            else:
+                self._give_up(current, Path(current.output_path) if current.output_path else None, JobState.FAILED,
+                              reason, detail)
+            return
+        msg = f"{job.name}: {error}; queued again, it resumes from its last finished chunk"
+        self.store.log("warning", msg, job.id)
+        log.warning(msg)
+        self.store.requeue(job.id)
 
     # ------------------------------------------------------------------ where jobs run
 

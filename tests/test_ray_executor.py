@@ -223,3 +223,70 @@ def test_two_nodes_one_removed_mid_job(tmp_path: Path):
     reference = _masks(tmp_path, "c")
     for name in ("a", "b"):
         assert all(np.array_equal(m, r) for m, r in zip(_masks(tmp_path, name), reference)), f"{name}'s masks differ"
+
+
+def test_a_training_job_runs_on_an_actor(tmp_path: Path):
+    """A queued U-Net training runs on the worker's actor; its epochs, curves and files arrive as locally."""
+    import threading
+
+    from core.config import load_config
+    from core.store import Store
+    from core.training.registry import queue_training
+    from daemon.ray_executor import RayPool, RayWorker
+    from tests.conftest import make_seg_dataset
+
+    cfg = load_config(_config(tmp_path, workers=1))
+    for d in ("work", "outbox"):
+        (tmp_path / d).mkdir()
+    data = make_seg_dataset(tmp_path / "dataset")
+    store = Store(tmp_path / "reelmask.db")
+    job_id = queue_training(store, cfg, "unet", str(data), None,
+                            ["train.epochs=2", "train.img_size=32", "train.batch_size=2", "train.workers=0"])
+    pool = RayPool(cfg)
+    worker = RayWorker(cfg, pool, pool.start()[0], threading.Event())
+    try:
+        deadline = time.monotonic() + 240
+        while not worker.step():
+            assert time.monotonic() < deadline, "the actor never took the job"
+            time.sleep(0.1)
+    finally:
+        pool.shutdown([worker.actor])
+    job = store.job(job_id)
+    assert job.state == "done", job.error
+    assert job.worker == "ray-worker-0" and job.node == worker.node
+    assert [(c["idx"], c["state"]) for c in store.chunks(job_id)] == [(1, "done"), (2, "done")]
+    assert [r["metrics"]["epoch"] for r in store.train_metrics(job_id, epochs_only=True)] == [1, 2]
+    assert (Path(job.output_path) / "best.pt").is_file()
+
+
+def test_a_restarted_daemon_finds_its_actor_again(tmp_path: Path):
+    """On a cluster the actors outlive a daemon killed with SIGKILL: the next daemon finds the same actor
+    process (models loaded), stops what it still ran for the dead daemon, and the job resumes."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    _config(tmp_path, address=cluster.address, workers=1)
+    _drop(tmp_path, "a", 36)
+    try:
+        proc = start(tmp_path)
+        wait(lambda: _jobs(tmp_path).get("a", {}).get("frames_done", 0) >= 9, 240, "9 frames", proc)
+        pid = _actor_pid(tmp_path, "ray-worker-0")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc = start(tmp_path)
+        try:
+            _all_done(tmp_path, ["a"], proc)
+            assert _actor_pid(tmp_path, "ray-worker-0") == pid
+            _drop(tmp_path, "ref", 36)
+            jobs = _all_done(tmp_path, ["a", "ref"], proc)
+        finally:
+            assert stop(proc)[0] == 0
+    finally:
+        cluster.shutdown()
+    assert jobs["a"]["attempts"] == 2
+    manifest = json.loads((tmp_path / "outbox" / "a" / "manifest.json").read_text())
+    assert manifest["resumed_from_frame"] is not None and manifest["resumed_from_frame"] >= 6
+    assert all(np.array_equal(m, r) for m, r in zip(_masks(tmp_path, "a"), _masks(tmp_path, "ref")))
+    assert len(_masks(tmp_path, "a")) == 36
