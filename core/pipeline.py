@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 # the pipeline is the one door to a job: callers (the CLI, the daemon) take the events it yields from here
 __all__ = ["AlphaResult", "ChunkFinished", "ChunkStarted", "EngineWarning", "FrameResult", "JobFinished",
-           "JobStarted", "ModelPool", "Phase", "PreparedJob", "PromptUsed", "prepare_job", "run_job"]
+           "JobStarted", "ModelPool", "OffloadTask", "Phase", "PreparedJob", "PromptUsed", "prepare_job", "run_job",
+           "run_offloaded"]
 
 JOB_TOML = "job.toml"
 
@@ -180,16 +181,43 @@ class ModelPool:
         return tracker
 
 
+@dataclass(frozen=True)
+class OffloadTask:
+    """Independent work of a running job that another worker can do (today: a detect solo pass,
+    core.engine.detect_parallel.SoloTask): paths, settings and small records, never frames."""
+
+    job_id: str
+    config: Config
+    work: object
+
+
+Helpers = Callable[[OffloadTask], "tuple[object, str] | None"]
+
+
+def run_offloaded(task: OffloadTask, models: ModelPool, should_stop: Callable[[], bool]) -> object:
+    """Do `task` here for a job that runs on another worker, with this worker's models."""
+    from core.engine.detect_parallel import run_solo
+
+    tracker = models.sam2(task.config)
+    reader = _frame_reader(task.work.folder, tracker, task.config)
+    try:
+        return run_solo(task.work, tracker, reader, should_stop)
+    finally:
+        reader.close()
+
+
 def run_job(job: PreparedJob, out: Path, *, models: ModelPool | None = None,
             should_stop: Callable[[], bool] = lambda: False, keep_partial: bool = False,
-            resume: bool = False) -> Iterator[object]:
+            resume: bool = False, helpers: Helpers | None = None) -> Iterator[object]:
     """Run a prepared job and publish its output folder; yields engine events along the way.
 
     With `resume`, a staging folder left by an interrupted run of the same job continues from its
     first unfinished chunk. On failure or cancel the staging folder is removed unless `keep_partial`.
+    `helpers(task)` runs independent work of the job on another worker and returns the result with
+    that worker's name, or None when none is free (see OffloadTask).
     """
     try:
-        yield from _run_job(job, out, models, should_stop, resume)
+        yield from _run_job(job, out, models, should_stop, resume, helpers)
     except BaseException:
         if not keep_partial:
             shutil.rmtree(staging_path(out), ignore_errors=True)
@@ -197,7 +225,7 @@ def run_job(job: PreparedJob, out: Path, *, models: ModelPool | None = None,
 
 
 def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop: Callable[[], bool],
-             resume: bool) -> Iterator[object]:
+             resume: bool, helpers: Helpers | None) -> Iterator[object]:
     cfg = job.config
     started_at, t0 = utc_now(), time.perf_counter()
     check_target(out, cfg.output.overwrite)
@@ -228,7 +256,9 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
                           else _hole_area_at_video_res(cfg, folder))
     writer.frames_written, writer.prompt_lines = ckpt.frames_written, ckpt.prompt_lines
     writer.object_frames = dict(ckpt.object_frames)
-    engine = spec.build(EngineInputs(folder, job.prompts, cfg, model, reader, chunks, stage, models, should_stop))
+    offload = None if helpers is None else (lambda work: helpers(OffloadTask(job.job_id, cfg, work)))
+    engine = spec.build(EngineInputs(folder, job.prompts, cfg, model, reader, chunks, stage, models, should_stop,
+                                     offload))
     if previous is not None:
         engine.resume(set(ckpt.done), ckpt.handovers(stage), ckpt.engine_state)
     resumed_from = None

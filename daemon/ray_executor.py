@@ -111,12 +111,13 @@ class ReelmaskWorker:
     """One Ray actor: runs one job at a time with its models loaded between jobs. Made a Ray actor
     class by `actor_class()`, with a few threads so that stop, hello and sample answer while a job runs."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, peers: list[str] | None = None):
         import ray
 
         from core.pipeline import ModelPool
 
         self.name = name
+        self.peers = [p for p in (peers or []) if p != name]  # the other workers, which may help with a job
         # the host name, and Ray's node id for several nodes on one host (and to find a node by it)
         self.node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:8]}"
         self.models = ModelPool()
@@ -150,8 +151,26 @@ class ReelmaskWorker:
                 "pid": os.getpid(), "gpus": [str(g) for g in ray.get_gpu_ids()], "problem": problem}
 
     def run(self, request: JobRequest) -> Iterator[object]:
-        """Run one segmentation job and stream its events (slimmed); an exception becomes an `Ended`."""
-        yield from self._stream(request.job_id, lambda stop: job_events(request, self.models, stop))
+        """Run one segmentation job and stream its events (slimmed); an exception becomes an `Ended`.
+        Independent work of the job (detect solo passes) may go to idle peers."""
+        def events(stop):
+            helpers = Peers(self.name, self.peers, request.job_id, stop) if self.peers else None
+            return job_events(request, self.models, stop, helpers)
+
+        yield from self._stream(request.job_id, events)
+
+    def offload(self, task):
+        """Do a piece of another actor's job (an OffloadTask) if this actor is free; None when it is busy."""
+        from core.pipeline import run_offloaded
+
+        if not self.busy.acquire(blocking=False):
+            return None
+        self.stopped.discard("*")  # a stop of whatever ran before this actor was free no longer applies
+        try:
+            return run_offloaded(task, self.models, lambda: task.job_id in self.stopped or "*" in self.stopped)
+        finally:
+            self.stopped.discard(task.job_id)
+            self.busy.release()
 
     def train(self, job_id: str, kind: str, data: Path, out: Path, cfg: Config) -> Iterator[object]:
         """Run one training job and stream the trainer's events."""
@@ -187,6 +206,60 @@ class ReelmaskWorker:
             self.probe = MemoryProbe()
         readings = [dataclasses.asdict(d) for d in self.probe.read()]
         return {"node": self.node, "rss_mb": self.probe.rss_mb(), "devices": readings}
+
+
+class Peers:
+    """`helpers` for a job running on an actor: offers each piece of independent work to the other
+    actors in turn; the first free one does it (None when all are busy: the piece runs here). A stop
+    of the job reaches the helper too; a helper that fails or dies is skipped."""
+
+    def __init__(self, me: str, peers: list[str], job_id: str, should_stop: Callable[[], bool]):
+        self.me, self.peers, self.job_id, self.should_stop = me, peers, job_id, should_stop
+        self.next = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, task) -> tuple[object, str] | None:
+        import ray
+
+        with self.lock:  # start at a different peer each time, to spread the pieces
+            order = self.peers[self.next:] + self.peers[:self.next]
+            self.next = (self.next + 1) % len(self.peers)
+        for name in order:
+            if self.should_stop():
+                raise Cancelled("cancelled")
+            try:
+                helper = ray.get_actor(name)
+                result = self._wait(helper, helper.offload.remote(task))
+            except Cancelled:
+                raise
+            except Exception as e:  # gone, restarting, or the piece failed there: try another, or run it here
+                logging.getLogger(__name__).warning("%s: %s could not help with job %s (%s: %s)", self.me, name,
+                                                    self.job_id, type(e).__name__, e)
+                continue
+            if result is not None:
+                return result, name
+        return None
+
+    def _wait(self, helper, ref):
+        import ray
+
+        stopped = False
+        while True:
+            ready, _ = ray.wait([ref], timeout=POLL_SECONDS)
+            if ready:
+                try:
+                    result = ray.get(ref)
+                except Exception as e:  # the helper's own failure (or its stop) is not this job's cancel
+                    if stopped:
+                        raise Cancelled("cancelled") from e
+                    first = (str(e).strip().splitlines() or [""])[0]
+                    raise RuntimeError(f"{type(e).__name__}: {first[:200]}") from e
+                if stopped:
+                    raise Cancelled("cancelled")
+                return result
+            if not stopped and self.should_stop():  # tell the helper, then wait for it to let go of the files
+                helper.stop.remote(self.job_id)
+                stopped = True
 
 
 def actor_class():
@@ -275,7 +348,7 @@ class RayPool:
                     num_cpus=self.cfg.ray.num_cpus, num_gpus=plan.num_gpus)
         if not self.private:
             opts["lifetime"] = "detached"  # a daemon that crashes finds its actors, and their models, again
-        return self.cls.options(**opts).remote(plan.name)
+        return self.cls.options(**opts).remote(plan.name, [p.name for p in self.plans])
 
     def hello(self, actor):
         import ray  # noqa: F401 - the actor handle needs it imported

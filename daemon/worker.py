@@ -61,13 +61,16 @@ class JobPrepared:
     frames: int
 
 
-def job_events(request: JobRequest, models: ModelPool, should_stop: Callable[[], bool]) -> Iterator[object]:
+def job_events(request: JobRequest, models: ModelPool, should_stop: Callable[[], bool],
+               helpers: Callable | None = None) -> Iterator[object]:
     """One segmentation job through the pipeline, as events: the one code path of every executor (a
-    worker thread calls it in the daemon, a Ray actor calls it on its node)."""
+    worker thread calls it in the daemon, a Ray actor calls it on its node, with `helpers` that run
+    independent work on idle actors)."""
     prepared = prepare_job(request.input_dir, request.cfg, mode=request.mode, inbox_mode=request.inbox_mode,
                            job_id=request.job_id, trusted=request.trusted, confined=True)
     yield JobPrepared(prepared.choice.mode.value, prepared.choice.reason, len(prepared.folder))
-    yield from run_job(prepared, request.out, models=models, should_stop=should_stop, keep_partial=True, resume=True)
+    yield from run_job(prepared, request.out, models=models, should_stop=should_stop, keep_partial=True, resume=True,
+                       helpers=helpers)
 
 
 def finished_manifest(out: Path, job_id: str) -> dict | None:

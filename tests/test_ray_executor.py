@@ -290,3 +290,49 @@ def test_a_restarted_daemon_finds_its_actor_again(tmp_path: Path):
     assert manifest["resumed_from_frame"] is not None and manifest["resumed_from_frame"] >= 5  # chunk 1 starts at 5
     assert all(np.array_equal(m, r) for m, r in zip(_masks(tmp_path, "a"), _masks(tmp_path, "ref")))
     assert len(_masks(tmp_path, "a")) == 36
+
+
+def test_independent_detect_chunks_fan_out_to_an_idle_actor(tmp_path: Path):
+    """One detect job with detect.parallel_chunks = 2 on two actors: solo passes also run on the idle
+    actor (the manifest lists them), and the masks equal a plain `reelmask run` of the same folder."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import data_path, reelmask_command
+
+    frames = sorted(data_path("vos", "dog", "images").glob("*.jpg"))[:40]
+    yolo = data_path("models", "yolo11n-coco-dequant.pt")
+    clip = tmp_path / "staging" / "dog"
+    clip.mkdir(parents=True)
+    for f in frames:
+        shutil.copyfile(f, clip / f.name)
+    (clip / "prompts.json").write_text(json.dumps({"detect": {"classes": ["dog"]}}))
+    sets = {"chunking": {"chunk_size": 8}, "detect": {"parallel_chunks": 2, "stride": 4},
+            "models": {"sam2_weights": "random", "image_size": 256, "yolo": str(yolo), "device": "cpu"}}
+    (tmp_path / "inbox").mkdir()
+    write_config(tmp_path, {**sets, "paths": {"inboxes": ["inbox"]},
+                            "daemon": {"executor": "ray"},
+                            "ray": {"address": "", "workers": 2, "num_gpus": 0, "num_cpus": 1}})
+    flat = [f"{section}.{key}={json.dumps(value)}" for section, keys in sets.items() for key, value in keys.items()]
+    ref = subprocess.run([*reelmask_command(), "run", str(clip), "--out", str(tmp_path / "ref"), "--config",
+                          str(tmp_path / "config.toml"), *[a for s in flat for a in ("--set", s)]],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "YOLO_OFFLINE": "1"})
+    assert ref.returncode == 0, ref.stderr
+    (clip / ".ready").write_text("")
+    os.rename(clip, tmp_path / "inbox" / "dog")
+    proc = start(tmp_path)
+    try:
+        jobs = _all_done(tmp_path, ["dog"], proc)
+    finally:
+        assert stop(proc)[0] == 0
+    manifest = json.loads((tmp_path / "outbox" / "dog" / "manifest.json").read_text())
+    elsewhere = manifest.get("chunks_elsewhere")
+    assert elsewhere and all(e["worker"] != jobs["dog"]["worker"] for e in elsewhere), manifest.get("chunks_elsewhere")
+    import cv2
+
+    ours = sorted((tmp_path / "outbox" / "dog" / "masks").glob("*.png"))
+    theirs = sorted((tmp_path / "ref" / "masks").glob("*.png"))
+    assert len(ours) == len(theirs) == 40
+    same = [np.array_equal(cv2.imread(str(a), cv2.IMREAD_UNCHANGED), cv2.imread(str(b), cv2.IMREAD_UNCHANGED))
+            for a, b in zip(ours, theirs)]
+    assert all(same), f"{same.count(False)} of 40 masks differ"

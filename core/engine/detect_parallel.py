@@ -20,6 +20,11 @@ The main thread then links chunks in order, as the one-after-another engine woul
 Prompts are given to SAM2 the same way as in the sequential engine (every detection on the frame it
 was found on; hand-over masks on the chunk's first frame) and all go to prompts_used.jsonl with
 their global ids. Resuming works chunk by chunk as with the sequential engine.
+
+With `offload` (the Ray executor's idle workers), a solo pass may run on another worker instead of a
+thread here: it gets a SoloTask (paths, settings, the chunk's detections), writes the id maps into
+the same scratch folder on shared storage and sends back the rest; the manifest lists such chunks
+under "chunks_elsewhere". With no other worker free the pass runs here, as without `offload`.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -42,7 +47,8 @@ from core.engine.detect import DetectEngine, _ChunkPlan
 from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed
 from core.engine.keyframes import mask_iou
 from core.errors import Cancelled
-from core.frames import FrameReader
+from core.engine.events import Records
+from core.frames import FrameFolder, FrameReader
 from core.models.yolo import Detection
 from core.prompts import MAX_OBJECT_ID
 
@@ -56,15 +62,68 @@ class _Solo:
     edge: dict[int, np.ndarray]      # local id -> mask on the hand-over frame to the next chunk
     events: list                     # PromptUsed / EngineWarning, local ids
 
+    edge_files: tuple[int, ...] = ()  # local ids whose edge mask waits in a file (a pass run elsewhere)
+
     def read(self, frame: int) -> np.ndarray:
         return cv2.imread(str(self.maps / f"{frame:08d}.png"), cv2.IMREAD_UNCHANGED)
 
+    def store_edges(self) -> None:
+        """Put the hand-over masks into files beside the id maps, to send this to another worker."""
+        for local, mask in self.edge.items():
+            np.save(self.maps / f"edge-{local}.npy", mask, allow_pickle=False)
+        self.edge_files, self.edge = tuple(sorted(self.edge)), {}
+
+    def load_edges(self) -> None:
+        for local in self.edge_files:
+            self.edge[local] = np.load(self.maps / f"edge-{local}.npy", allow_pickle=False)
+        self.edge_files = ()
+
+
+@dataclass(frozen=True)
+class SoloTask:
+    """A solo pass as another worker runs it: paths, settings and the chunk's detections (boxes, no
+    pixels); that worker reads the frames from the folder and writes the id maps under `scratch`."""
+
+    folder: FrameFolder
+    chunks: tuple[Chunk, ...]
+    scratch: Path
+    options: dict  # the engine's detect settings (classes, min_confidence, stride, ...)
+    chunk: Chunk
+    detections: list[Detection]
+    later: dict[int, list[Detection]]
+    edge: int | None
+
+
+def run_solo(task: SoloTask, tracker, reader: FrameReader, should_stop: Callable[[], bool]) -> _Solo:
+    """Run a solo pass here for a job whose engine runs on another worker; `reader` gives the frame
+    preparation for this worker's SAM2. The result keeps its hand-over masks in files."""
+    engine = ParallelDetectEngine(tracker, None, task.folder, reader, list(task.chunks), task.scratch,
+                                  should_stop=should_stop, **task.options)
+    solo = engine._solo(task.chunk, task.detections, task.later, task.edge)
+    solo.store_edges()
+    return solo
+
 
 class ParallelDetectEngine(DetectEngine):
-    def __init__(self, *args, parallel_chunks: int = 2, **kwargs):
+    def __init__(self, *args, parallel_chunks: int = 2,
+                 offload: Callable[[SoloTask], tuple[_Solo, str] | None] | None = None, **kwargs):
+        """`offload(task)` runs a solo pass on another worker and returns it with that worker's name, or
+        None when no other worker is free (the pass then runs here)."""
         super().__init__(*args, **kwargs)
         self.workers = max(1, parallel_chunks)
+        self.offload = offload
+        self.elsewhere: list[dict] = []  # {"chunk", "worker"} of the solo passes run on other workers
         self._abort = threading.Event()
+
+    def records(self, out: Path, cache: Path) -> Records:
+        base = super().records(out, cache)
+        if not self.elsewhere:
+            return base
+        return base.then(Records(fields={"chunks_elsewhere": sorted(self.elsewhere, key=lambda e: e["chunk"])}))
+
+    def _options(self) -> dict:
+        return {"classes": self.classes, "min_confidence": self.min_confidence, "stride": self.stride,
+                "match_iou": self.match_iou, "lost_chunks": self.lost_chunks, "max_objects": self.max_objects}
 
     def run(self) -> Iterator[object]:
         self._abort.clear()
@@ -85,7 +144,7 @@ class ParallelDetectEngine(DetectEngine):
                     continue
                 detections, later = self._scan(chunk)
                 self._check_stop()
-                job = pool.submit(self._solo, chunk, detections, later, self._edge(pos)) if detections else None
+                job = pool.submit(self._solo_somewhere, chunk, detections, later, self._edge(pos)) if detections else None
                 ahead.append((pos, chunk, job))
 
         try:
@@ -121,6 +180,20 @@ class ParallelDetectEngine(DetectEngine):
             raise Cancelled("cancelled")
 
     # ------------------------------------------------------------------ worker threads
+
+    def _solo_somewhere(self, chunk: Chunk, detections: list[Detection], later: dict[int, list[Detection]],
+                        edge: int | None) -> _Solo:
+        """The solo pass on another worker when one is free, else here."""
+        if self.offload is not None:
+            task = SoloTask(self.folder, tuple(self.chunks), self.scratch, self._options(), chunk, detections,
+                            later, edge)
+            done = self.offload(task)
+            if done is not None:
+                solo, worker = done
+                solo.load_edges()
+                self.elsewhere.append({"chunk": chunk.index, "worker": worker})
+                return solo
+        return self._solo(chunk, detections, later, edge)
 
     def _solo(self, chunk: Chunk, detections: list[Detection], later: dict[int, list[Detection]],
               edge: int | None) -> _Solo:
@@ -249,8 +322,9 @@ class ParallelDetectEngine(DetectEngine):
                             dict(handover_out), self.snapshot())
 
 
-def make_detect_engine(*args, parallel_chunks: int = 1, **kwargs) -> DetectEngine:
-    """The sequential engine, or the independent-chunk one when `parallel_chunks` > 1."""
+def make_detect_engine(*args, parallel_chunks: int = 1, offload=None, **kwargs) -> DetectEngine:
+    """The sequential engine, or the independent-chunk one when `parallel_chunks` > 1 (whose solo passes
+    may run on other workers through `offload`)."""
     if parallel_chunks > 1:
-        return ParallelDetectEngine(*args, parallel_chunks=parallel_chunks, **kwargs)
+        return ParallelDetectEngine(*args, parallel_chunks=parallel_chunks, offload=offload, **kwargs)
     return DetectEngine(*args, **kwargs)

@@ -52,6 +52,7 @@ class EngineInputs:
     scratch: Path            # the job's staging folder: engines keep their partial files under a dot name
     models: object           # the ModelPool (detectors and refiners come from it)
     should_stop: Callable[[], bool]
+    offload: Callable | None = None  # runs independent work on another worker (detect solo passes); None: all here
 
 
 class ModeSpec:
@@ -146,7 +147,8 @@ class DetectMode(ModeSpec):
                 should_stop=x.should_stop)
         detector = x.models.yolo(cfg, device)
         return make_detect_engine(tracker, detector, x.folder, x.reader, x.chunks, x.scratch / ".detect",
-                                  classes=detector.class_ids(classes), should_stop=x.should_stop, **options)
+                                  classes=detector.class_ids(classes), should_stop=x.should_stop, offload=x.offload,
+                                  **options)
 
 
 class RefineMode(ModeSpec):
