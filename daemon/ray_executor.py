@@ -3,13 +3,14 @@
 The daemon stays the one process that watches the inboxes, claims jobs and writes the state
 database. Each worker is a thread in the daemon paired with one actor (`ReelmaskWorker`): the thread
 claims a job and moves its folder into work/ as a local worker does, then sends the actor a
-JobRequest (paths and settings) and records the events the actor streams back while it runs the
-same `job_events` a local worker runs. The actor keeps its models loaded between jobs and writes
+JobRequest (paths and settings) and records the events the actor sends back while it runs the
+same `job_events` a local worker runs (taken every 0.1 s with plain actor calls, which also work
+through Ray Client, where streaming generators do not). The actor keeps its models loaded between jobs and writes
 masks straight into the job's staging folder, so every node must see the daemon's folders at the
 same paths (shared storage); only small records cross the wire, never frames.
 
-Faults: when an actor dies mid-job (its process killed, its node gone) the stream raises an actor
-error; the job goes back to the queue and resumes from its last finished chunk on whichever worker
+Faults: when an actor dies mid-job (its process killed, its node gone) the next call to it raises
+an actor error; the job goes back to the queue and resumes from its last finished chunk on whichever worker
 claims it next, and the thread waits for Ray to restart its actor, checking again that it sees the
 work folder. Ray is imported only when this executor is chosen.
 """
@@ -27,6 +28,7 @@ import socket
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +125,7 @@ class ReelmaskWorker:
         self.models = ModelPool()
         self.busy = threading.Lock()  # one job at a time, even when an old daemon's call still runs
         self.stopped: set[str] = set()  # job ids told to stop; "*" stops whatever runs
+        self.outbox: dict[str, deque] = {}  # job id -> events not yet taken by the daemon
         self.probe = None
 
     def hello(self, folders: list[str], probe: str | None, token: str | None) -> dict:
@@ -150,14 +153,15 @@ class ReelmaskWorker:
         return {"node": self.node, "ip": ray.util.get_node_ip_address(), "node_id": ctx.get_node_id(),
                 "pid": os.getpid(), "gpus": [str(g) for g in ray.get_gpu_ids()], "problem": problem}
 
-    def run(self, request: JobRequest) -> Iterator[object]:
-        """Run one segmentation job and stream its events (slimmed); an exception becomes an `Ended`.
-        Independent work of the job (detect solo passes) may go to idle peers."""
+    def run(self, request: JobRequest) -> Ended | None:
+        """Run one segmentation job; its events wait in this actor for `take` (slimmed). Returns None when
+        it finished, else an `Ended` record. Independent work of the job (detect solo passes) may go to
+        idle peers."""
         def events(stop):
             helpers = Peers(self.name, self.peers, request.job_id, stop) if self.peers else None
             return job_events(request, self.models, stop, helpers)
 
-        yield from self._stream(request.job_id, events)
+        return self._work(request.job_id, events)
 
     def offload(self, task):
         """Do a piece of another actor's job (an OffloadTask) if this actor is free; None when it is busy."""
@@ -172,27 +176,37 @@ class ReelmaskWorker:
             self.stopped.discard(task.job_id)
             self.busy.release()
 
-    def train(self, job_id: str, kind: str, data: Path, out: Path, cfg: Config) -> Iterator[object]:
-        """Run one training job and stream the trainer's events."""
+    def train(self, job_id: str, kind: str, data: Path, out: Path, cfg: Config) -> Ended | None:
+        """Run one training job; the trainer's events wait for `take`, as a segmentation job's do."""
         from daemon.training import train_events
 
-        yield from self._stream(job_id, lambda stop: train_events(kind, data, out, cfg, stop))
+        return self._work(job_id, lambda stop: train_events(kind, data, out, cfg, stop))
 
-    def _stream(self, job_id: str, events: Callable[[Callable[[], bool]], Iterator[object]]) -> Iterator[object]:
+    def _work(self, job_id: str, events: Callable[[Callable[[], bool]], Iterator[object]]) -> Ended | None:
         def should_stop() -> bool:
             return job_id in self.stopped or "*" in self.stopped
 
         with self.busy:
             self.stopped.discard("*")
+            box = self.outbox[job_id] = deque()
             try:
                 for event in events(should_stop):
                     small = slim(event)
                     if small is not None:
-                        yield small
+                        box.append(small)
+                return None
             except BaseException as e:  # noqa: BLE001 - everything goes back to the daemon as a record
-                yield Ended.of(e, self.node)
+                return Ended.of(e, self.node)
             finally:
                 self.stopped.discard(job_id)
+
+    def take(self, job_id: str, last: bool = False) -> list:
+        """The events of job `job_id` since the last call (all of them, and forgotten here, with `last`)."""
+        box = self.outbox.pop(job_id, None) if last else self.outbox.get(job_id)
+        taken = []
+        while box:
+            taken.append(box.popleft())
+        return taken
 
     def stop(self, job_id: str | None = None) -> None:
         """Stop the job `job_id` (or whatever runs, for None) at its next frame; it ends as cancelled."""
@@ -313,7 +327,7 @@ class RayPool:
             import ray
         except ImportError as e:
             raise ConfigError('daemon.executor = "ray" needs the ray package: install it with '
-                              '`.venv/bin/pip install "ray>=2.40"` (the project\'s `[ray]` extra)') from e
+                              '`.venv/bin/pip install "ray[client]>=2.40"` (the project\'s `[ray]` extra)') from e
         r = self.cfg.ray
         common = dict(namespace=self.namespace, include_dashboard=False, logging_level=logging.WARNING,
                       configure_logging=False)
@@ -326,6 +340,8 @@ class RayPool:
                 need = math.ceil(max(1, r.workers or len(self.cfg.daemon.devices)) * r.num_cpus)
                 ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need),
                          object_store_memory=200 * 2**20, **common)
+            elif "://" in r.address:  # Ray Client: only what a client may set
+                ray.init(address=r.address, namespace=self.namespace)
             else:
                 ray.init(address=r.address, **common)
         except Exception as e:  # ConnectionError, RuntimeError, ValueError: Ray's own words say why
@@ -344,7 +360,7 @@ class RayPool:
     def actor(self, plan: WorkerPlan):
         """The actor of `plan`: found again by its name (after a daemon restart) or made. It restarts
         after a crash (Ray does that); a call in flight then fails and the daemon requeues that job."""
-        opts = dict(name=plan.name, get_if_exists=True, max_restarts=-1, max_task_retries=0, max_concurrency=4,
+        opts = dict(name=plan.name, get_if_exists=True, max_restarts=-1, max_task_retries=0, max_concurrency=8,
                     num_cpus=self.cfg.ray.num_cpus, num_gpus=plan.num_gpus)
         if not self.private:
             opts["lifetime"] = "detached"  # a daemon that crashes finds its actors, and their models, again
@@ -474,14 +490,15 @@ class RayWorker(Worker):
     # ------------------------------------------------------------------ jobs
 
     def _events(self, request: JobRequest, should_stop: Callable[[], bool]) -> Iterator[object]:
-        return self._stream(self.actor.run.remote(request), request.job_id, should_stop)
+        return self._follow(self.actor.run.remote(request), request.job_id, should_stop)
 
     def _train_events(self, kind: str, data: Path, out: Path, cfg: Config,
                       should_stop: Callable[[], bool]) -> Iterator[object]:
-        return self._stream(self.actor.train.remote(self.current, kind, data, out, cfg), self.current, should_stop)
+        return self._follow(self.actor.train.remote(self.current, kind, data, out, cfg), self.current, should_stop)
 
-    def _stream(self, stream, job_id: str, should_stop: Callable[[], bool]) -> Iterator[object]:
-        """The actor's events as they come; a stop (cancel, shutdown) reaches the actor within POLL_SECONDS."""
+    def _follow(self, final, job_id: str, should_stop: Callable[[], bool]) -> Iterator[object]:
+        """The actor's events while its call `final` runs, taken every POLL_SECONDS (plain calls, so this
+        works over Ray Client too); a stop (cancel, shutdown) reaches the actor within the same time."""
         import ray
 
         lost = actor_lost_errors()
@@ -491,16 +508,13 @@ class RayWorker(Worker):
                 if not stop_sent and should_stop():
                     self.actor.stop.remote(job_id)
                     stop_sent = True
-                ready, _ = ray.wait([stream], timeout=POLL_SECONDS)
-                if not ready:
-                    continue
-                try:
-                    event = ray.get(next(stream))
-                except StopIteration:
+                ready, _ = ray.wait([final], timeout=POLL_SECONDS)
+                yield from ray.get(self.actor.take.remote(job_id, bool(ready)))
+                if ready:
+                    ended = ray.get(final)
+                    if ended is not None:
+                        raise ended.error()
                     return
-                if isinstance(event, Ended):
-                    raise event.error()
-                yield event
         except lost as e:
             self.lost()
             raise WorkerLost(f"{self.name} on node {self.node} was lost while running this job "

@@ -137,7 +137,7 @@ def test_jobs_spread_over_two_actors_and_survive_a_killed_actor(tmp_path: Path):
     assert not [p for p in (tmp_path / "work").iterdir()], "work/ keeps something"
 
 
-def test_cancel_reaches_a_remote_job_and_the_worker_goes_on(tmp_path: Path):
+def test_cancel_and_sigterm_reach_a_remote_job(tmp_path: Path):
     _config(tmp_path, workers=1)
     _drop(tmp_path, "long", 120)
     proc = start(tmp_path)
@@ -150,8 +150,14 @@ def test_cancel_reaches_a_remote_job_and_the_worker_goes_on(tmp_path: Path):
         assert (tmp_path / "failed" / "long" / "error.txt").is_file()
         _drop(tmp_path, "next", 6)
         _all_done(tmp_path, ["next"], proc)
+        _drop(tmp_path, "stopped", 120)
+        wait(lambda: _jobs(tmp_path).get("stopped", {}).get("frames_done", 0) >= 3, 240, "the next job running", proc)
     finally:
-        assert stop(proc)[0] == 0
+        rc, _ = stop(proc)
+    # SIGTERM: the remote job stops at its next frame, is marked interrupted and the daemon exits 0
+    assert rc == 0, rc
+    job = _jobs(tmp_path)["stopped"]
+    assert job["state"] == "interrupted" and job["frames_done"] < 120
 
 
 def test_an_actor_that_cannot_see_the_work_folder_is_refused(tmp_path: Path):
@@ -336,3 +342,30 @@ def test_independent_detect_chunks_fan_out_to_an_idle_actor(tmp_path: Path):
     same = [np.array_equal(cv2.imread(str(a), cv2.IMREAD_UNCHANGED), cv2.imread(str(b), cv2.IMREAD_UNCHANGED))
             for a, b in zip(ours, theirs)]
     assert all(same), f"{same.count(False)} of 40 masks differ"
+
+
+def test_a_daemon_joins_through_ray_client(tmp_path: Path):
+    """ray.address = "ray://HOST:PORT" (Ray Client, for a daemon outside the cluster): jobs run on the
+    cluster's actors and their events come back as with a direct connection."""
+    import socket as sockets
+
+    from ray.cluster_utils import Cluster
+
+    with sockets.socket() as s:  # a free port for the client server
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                            "ray_client_server_port": port})
+    cluster.wait_for_nodes()
+    _config(tmp_path, address=f"ray://127.0.0.1:{port}", workers=1)
+    _drop(tmp_path, "a", 12)
+    try:
+        proc = start(tmp_path)
+        try:
+            jobs = _all_done(tmp_path, ["a"], proc)
+        finally:
+            assert stop(proc)[0] == 0
+    finally:
+        cluster.shutdown()
+    assert jobs["a"]["worker"] == "ray-worker-0" and jobs["a"]["node"]
+    assert len(_masks(tmp_path, "a")) == 12

@@ -49,3 +49,31 @@ def test_a_lost_worker_requeues_then_gives_up(tmp_path: Path):
     # each attempt resumed where the last one stopped: one chunk per attempt, none done twice
     chunks = [c for c in store.chunks(job_id) if c["state"] == "done"]
     assert len(chunks) == MAX_WORKERS_LOST, store.chunks(job_id)
+
+
+def test_an_output_this_job_already_published_is_not_made_again(tmp_path: Path):
+    """Ray may report an error for a call that finished: the requeued job finds its own manifest in its
+    output folder and is done without running again; another job's output is never taken for it."""
+    import json
+
+    cfg = load_config(None, [f"paths.db={tmp_path / 'state.db'}", "limits.min_free_mb=0"], use_default_path=False)
+    clip = make_clip(tmp_path / "clip", n=3, size=(96, 64), prompts={"objects": [point_prompt((96, 64))]})
+    store = Store(tmp_path / "state.db")
+    job_id = store.add_job("clip", clip, source="submit")
+    out = tmp_path / "outbox" / "clip"
+    out.mkdir(parents=True)
+    (out / "manifest.json").write_text(json.dumps({"job_id": job_id, "frames": 3}))
+    store.update_job(job_id, output_path=str(out))
+
+    class NeverRuns(Worker):
+        def _events(self, request, should_stop):
+            raise AssertionError("the job ran again")
+
+    assert NeverRuns(cfg, "w", "cpu", threading.Event()).step() is True
+    assert store.job(job_id).state == "done"
+    assert any("already complete" in e["message"] for e in store.events(job_id=job_id))
+
+    other = store.add_job("clip2", clip, source="submit")
+    store.update_job(other, output_path=str(out))  # a folder holding another job's output
+    assert NeverRuns(cfg, "w", "cpu", threading.Event()).step() is True
+    assert store.job(other).state == "failed" and "internal error" in store.job(other).error
