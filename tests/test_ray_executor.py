@@ -104,6 +104,19 @@ def test_only_small_records_cross_and_errors_come_back_as_themselves():
     assert "KeyError" in str(Ended.of(KeyError("k"), "node-a").error())
 
 
+def test_without_ray_the_daemon_says_how_to_install_it(tmp_path: Path, monkeypatch):
+    import sys
+
+    from core.config import load_config
+    from core.errors import ConfigError
+    from daemon.ray_executor import RayPool
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as on a machine without it
+    cfg = load_config(_config(tmp_path))
+    with pytest.raises(ConfigError, match=r'pip install "ray\[client\]>=2.40"'):
+        RayPool(cfg).start()
+
+
 # ---------------------------------------------------------------- a private Ray instance
 
 def test_jobs_spread_over_two_actors_and_survive_a_killed_actor(tmp_path: Path):
