@@ -367,8 +367,7 @@ class RayPool:
         return self.cls.options(**opts).remote(plan.name, [p.name for p in self.plans])
 
     def hello(self, actor):
-        import ray  # noqa: F401 - the actor handle needs it imported
-
+        """Ask `actor` who and where it is and whether it sees the daemon's folders (a pending call)."""
         folders = [str(self.work), str(self.cfg.path(self.cfg.paths.outbox))]
         return actor.hello.remote(folders, str(self.probe), self.token)
 

@@ -111,7 +111,7 @@ class Daemon:
             if thread.is_alive():
                 log.warning("%s did not reach a checkpoint in time; its job resumes on the next start", worker.name)
         if self.ray is not None:
-            self.ray.shutdown([w.actor for w, _ in self.workers if getattr(w, "actor", None) is not None])
+            self.ray.shutdown([w.actor for w, _ in self.workers if w.actor is not None])  # RayWorkers all
         try:
             self.store.log("info", "daemon stopped")
         except sqlite3.OperationalError as e:

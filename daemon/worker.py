@@ -138,14 +138,13 @@ class Worker:
     def _lost(self, job: Job, error: WorkerLost) -> None:
         """The job's worker died under it: queue it again to resume, unless workers keep dying on this
         job (it may be what kills them, e.g. by running out of memory)."""
-        options = self.store.job(job.id).option_values
-        lost = int(options.get("workers_lost", 0)) + 1
-        self.store.update_job(job.id, options=json.dumps({**options, "workers_lost": lost}))
+        current = self.store.job(job.id)
+        lost = int(current.option_values.get("workers_lost", 0)) + 1
+        self.store.update_job(job.id, options=json.dumps({**current.option_values, "workers_lost": lost}))
         if lost >= MAX_WORKERS_LOST:
             reason = (f"{error}. A worker died under this job {lost} times, so it may be what kills them (too "
                       f"little memory for its frames or settings?); it was given up. Check the node's log, then "
                       f"`reelmask retry {job.id[:8]}`.")
-            current = self.store.job(job.id)
             detail = "".join(traceback.format_exception(error))
             if job.kind == "train":  # a dataset is never moved; last.pt keeps the last finished epoch
                 self.store.finish_job(job.id, JobState.FAILED, error=reason, detail=detail)
