@@ -17,7 +17,8 @@ from typing import Callable, Iterator
 
 from core.config import Config, LimitsConfig, parse_toml, with_overrides
 from core.engine.chunks import Chunk
-from core.engine.events import AlphaResult, ChunkFinished, ChunkStarted, EngineWarning, FrameResult, Phase, PromptUsed
+from core.engine.events import (AlphaResult, ChunkFinished, ChunkStarted, EngineWarning, FrameResult, Phase, PromptUsed,
+                                Records)
 from core.engine.modes import SAM2, UNET, EngineInputs, mode_spec, model_records
 from core.errors import ConfigError, FrameFolderError
 from core.frames import FrameFolder, FrameReader, to_model_input
@@ -25,6 +26,7 @@ from core.modes import Mode, ModeChoice, choose_mode
 from core.models.weights import cache_dir
 from core.outputs.folder import MANIFEST, check_target, open_staging, publish, staging_path, write_json
 from core.outputs.checkpoint import Checkpoint, truncate_lines
+from core.outputs.formats import check_formats
 from core.outputs.manifest import build_manifest, utc_now
 from core.outputs.writer import ALPHA_DIR, PROMPTS_USED, OutputWriter, PreviewSettings
 from core.intake import check_tree, read_text
@@ -100,6 +102,7 @@ def prepare_job(input_dir: Path, config: Config, *, mode: str | None = None, inb
     folder = FrameFolder.scan(input_dir, exclude=mask_names(raw_prompts), limits=limits)
     prompts = Prompts() if raw_prompts is None else parse_prompts(raw_prompts, folder, input_dir / PROMPTS_FILE,
                                                                   limits)
+    check_formats(config.output.formats)  # before any model loads: a format this install cannot write
     choice = choose_mode(input_dir, prompts, explicit=mode, job_mode=job_mode, inbox_mode=inbox_mode)
     spec = mode_spec(choice.mode)
     spec.check(input_dir, folder, prompts, config)
@@ -273,6 +276,7 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
             yield event
         if previous is not None and preview is not None:
             writer.rebuild_preview(preview)
+        made = writer.formats(cfg.output.formats, cfg.output.preview_fps)
         writer.close()
     except BaseException:
         reader.close()
@@ -289,6 +293,8 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
 
     total = time.perf_counter() - t0
     records = engine.records(out, cache_dir(cfg))
+    if made:
+        records = records.then(Records(fields={"formats": list(cfg.output.formats), "format_files": made}))
     for name, source in records.files.items():  # e.g. the self-trained detector
         shutil.copyfile(source, stage / name)
     manifest = build_manifest(job, out, chunks, ckpt.chunk_log, warnings, writer, ckpt.prompt_counts,

@@ -232,7 +232,8 @@ class DetectEngine(Resumable):
         for obj, track in plan.boxes.items():
             for det in track:  # every detection prompts SAM2 on the frame where it was found
                 self.tracker.add_points(state, det.frame - chunk.start, obj, box=det.box)
-                yield PromptUsed(det.frame, obj, "detector", chunk.index, box=det.box, confidence=det.confidence)
+                yield PromptUsed(det.frame, obj, "detector", chunk.index, box=det.box, confidence=det.confidence,
+                                 class_name=det.class_name)
         lo, hi = min(plan.first.values()), max(plan.first.values())
         partial: dict[int, Path] = {}
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -305,7 +306,8 @@ class DetectEngine(Resumable):
             else:
                 self.unseen[obj] = 0  # confirmed by a later detection of this chunk
             self.tracker.add_points(state, frame - chunk.start, obj, box=det.box)
-            yield PromptUsed(frame, obj, "detector", chunk.index, box=det.box, confidence=det.confidence)
+            yield PromptUsed(frame, obj, "detector", chunk.index, box=det.box, confidence=det.confidence,
+                             class_name=det.class_name)
 
     def _check_stop(self) -> None:
         if self.should_stop():

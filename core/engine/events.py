@@ -28,6 +28,7 @@ class PromptUsed:
     points: tuple[tuple[float, float], ...] | None = None
     labels: tuple[int, ...] | None = None
     confidence: float | None = None
+    class_name: str | None = None  # the detector's class (detector prompts)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ def prompt_record(p: PromptUsed, folder: FrameFolder) -> dict:
         "labels": list(p.labels) if p.labels is not None else None,
         "confidence": round(p.confidence, 4) if p.confidence is not None else None,
         "chunk": p.chunk,
+        **({"class": p.class_name} if p.class_name is not None else {}),
     }
 
 
@@ -71,6 +72,7 @@ class OutputWriter:
         self.object_frames: dict[int, int] = {}   # object id -> frames where it has pixels
         self.frames_written = 0
         self.prompt_lines = 0
+        self.formats_made: list[str] = []
         self._thread = threading.Thread(target=self._loop, name="output-writer", daemon=True)
         self._thread.start()
 
@@ -85,6 +87,13 @@ class OutputWriter:
     def alpha(self, frame: int, alpha: np.ndarray, rgba: np.ndarray | None = None) -> None:
         """alpha/<stem>.png (8-bit) and, with `rgba`, foreground/<stem>.png (an RGBA cut-out)."""
         self._put(("alpha", frame, alpha, rgba))
+
+    def formats(self, formats: tuple[str, ...], fps: float) -> list[str]:
+        """Write the interchange formats (core.outputs.formats) from the finished masks, on the writer
+        thread; returns the files and folders made."""
+        self._put(("formats", tuple(formats), fps))
+        self.flush()
+        return self.formats_made
 
     def flush(self) -> None:
         """Block until everything queued so far is on disk."""
@@ -131,6 +140,13 @@ class OutputWriter:
             self._prompts.write(json.dumps(prompt_record(item[1], self.folder)) + "\n")
             self._prompts.flush()
             self.prompt_lines += 1
+            return
+        if kind == "formats":
+            from core.outputs.formats import object_classes, write_formats
+
+            self._prompts.flush()
+            classes = object_classes(self.root / PROMPTS_USED)
+            self.formats_made = write_formats(self.root, self.folder, item[1], classes, item[2])
             return
         if kind == "alpha":
             _, frame, alpha, rgba = item
