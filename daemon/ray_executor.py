@@ -111,7 +111,8 @@ def slim(event: object) -> object | None:
 
 class ReelmaskWorker:
     """One Ray actor: runs one job at a time with its models loaded between jobs. Made a Ray actor
-    class by `actor_class()`, with a few threads so that stop, hello and sample answer while a job runs."""
+    class by `actor_class()`, with threads enough that take, stop, hello, sample and offload answer while
+    a job runs."""
 
     def __init__(self, name: str, peers: list[str] | None = None):
         import ray
