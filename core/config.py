@@ -168,7 +168,8 @@ class OutputConfig:
     overwrite: bool = _key(False, "replace an existing output folder instead of refusing")
     formats: tuple[str, ...] = _key(["png"], 'what to write besides masks/ (always written): "coco" (coco.json, RLE), '
                                              '"yolo-seg" (labels/ + data.yaml), "keep-mask" (keep/, inverted), '
-                                             '"mask-video" (masks.mkv, FFV1)', job=True, hi=8)
+                                             '"mask-video" (masks.mkv, FFV1); matting: "png16" (alpha16/), "prores" '
+                                             '(alpha.mov, ProRes 4444 with alpha)', job=True, hi=8)
 
 
 @dataclass(frozen=True)

@@ -102,8 +102,8 @@ def prepare_job(input_dir: Path, config: Config, *, mode: str | None = None, inb
     folder = FrameFolder.scan(input_dir, exclude=mask_names(raw_prompts), limits=limits)
     prompts = Prompts() if raw_prompts is None else parse_prompts(raw_prompts, folder, input_dir / PROMPTS_FILE,
                                                                   limits)
-    check_formats(config.output.formats)  # before any model loads: a format this install cannot write
     choice = choose_mode(input_dir, prompts, explicit=mode, job_mode=job_mode, inbox_mode=inbox_mode)
+    check_formats(config.output.formats, choice.mode.value)  # before any model loads
     spec = mode_spec(choice.mode)
     spec.check(input_dir, folder, prompts, config)
     if spec.model_kind(folder, prompts) == SAM2:
@@ -256,7 +256,7 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
         truncate_lines(stage / PROMPTS_USED, previous.prompt_lines)
     writer = OutputWriter(stage, folder, preview=None if previous else preview, append_prompts=previous is not None,
                           fill_hole_area=0 if kind != SAM2 or model.sam2_fills_holes
-                          else _hole_area_at_video_res(cfg, folder))
+                          else _hole_area_at_video_res(cfg, folder), png16="png16" in cfg.output.formats)
     writer.frames_written, writer.prompt_lines = ckpt.frames_written, ckpt.prompt_lines
     writer.object_frames = dict(ckpt.object_frames)
     offload = None if helpers is None else (lambda work: helpers(OffloadTask(job.job_id, cfg, work)))
@@ -339,7 +339,7 @@ def _record(event: object, writer: OutputWriter, ckpt: Checkpoint, stage: Path, 
     if isinstance(event, FrameResult):
         writer.mask(event.frame, event.id_map)
     elif isinstance(event, AlphaResult):
-        writer.alpha(event.frame, event.alpha, event.rgba)
+        writer.alpha(event.frame, event.alpha, event.rgba, event.fine)
     elif isinstance(event, PromptUsed):
         writer.prompt(event)
         if event.source in ("user", "mask", "detector"):

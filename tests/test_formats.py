@@ -145,3 +145,45 @@ def test_detector_classes_name_the_coco_categories(tmp_path: Path):
     if not coco["annotations"]:
         pytest.skip("random SAM2 weights gave no mask pixels on this clip")
     assert "dog" in {c["name"] for c in coco["categories"]}
+
+
+def test_matting_formats_png16_and_prores_read_back(tmp_path: Path):
+    """16-bit mattes hold the unrounded alpha; alpha.mov (ProRes 4444) read back with PyAV has the
+    foreground colours and the alpha of alpha/ within 10-bit quantisation."""
+    import av
+
+    from core.config import load_config
+    from core.errors import ConfigError
+    from core.pipeline import prepare_job, run_job
+    from tests.test_matting_mode import soft_clip
+
+    clip, _ = soft_clip(tmp_path / "clip", n=3)
+    cfg = load_config(None, [*FAST, "matting.foreground=true", 'output.formats=["png16", "prores"]'],
+                      use_default_path=False)
+    out = tmp_path / "out"
+    manifest = list(run_job(prepare_job(clip, cfg, mode="matting"), out))[-1].manifest
+    assert manifest["format_files"] == ["alpha.mov", "alpha16/"]
+    stems = [f"{i:05d}" for i in range(3)]
+    for stem in stems:
+        a16 = cv2.imread(str(out / "alpha16" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        a8 = cv2.imread(str(out / "alpha" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+        assert a16.dtype == np.uint16 and np.abs(a16 / 65535.0 - a8 / 255.0).max() <= 0.5 / 255 + 1e-6
+        assert len(np.unique(a16)) > len(np.unique(a8))  # more levels than 8 bits hold
+    with av.open(str(out / "alpha.mov")) as video:
+        stream = video.streams.video[0]
+        assert stream.codec_context.name == "prores" and stream.codec_context.format.name.startswith("yuva444p")
+        frames = list(video.decode(stream))
+    bits = int(frames[0].format.name.removeprefix("yuva444p").removesuffix("le"))  # FFmpeg decodes to 12 bits
+    assert len(frames) == 3
+    for stem, frame in zip(stems, frames):
+        plane = frame.planes[3]
+        alpha = np.frombuffer(bytes(plane), np.uint16).reshape(-1, plane.line_size // 2)[:frame.height, :frame.width]
+        a8 = cv2.imread(str(out / "alpha" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+        assert np.abs(alpha / (2 ** bits - 1) - a8 / 255.0).max() <= 1.5 / 1023
+        rgb = frame.to_ndarray(format="rgb24")
+        cut = cv2.cvtColor(cv2.imread(str(out / "foreground" / f"{stem}.png"), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGRA2RGB)
+        inside = a8 > 128  # colours where the matte is solid (ProRes and 4:4:4 to RGB round a little)
+        assert np.abs(rgb[inside].astype(int) - cut[inside].astype(int)).mean() < 3
+
+    with pytest.raises(ConfigError, match="matting mode"):  # a matting format on a mask job: refused up front
+        prepare_job(make_clip(tmp_path / "plain", n=2, prompts={"objects": [point_prompt()]}), cfg)

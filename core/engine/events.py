@@ -72,6 +72,7 @@ class AlphaResult:
     frame: int
     alpha: np.ndarray = field(repr=False)
     rgba: np.ndarray | None = field(default=None, repr=False)
+    fine: np.ndarray | None = field(default=None, repr=False)  # the alpha in [0, 1] before 8-bit rounding
 
 
 @dataclass

@@ -149,7 +149,7 @@ class MattingEngine:
             self._previous = (frame, alpha)
         a8 = np.clip(np.rint(alpha * 255.0), 0, 255).astype(np.uint8)
         rgba = np.dstack([fg, a8]) if fg is not None else None
-        return AlphaResult(frame, a8, rgba)
+        return AlphaResult(frame, a8, rgba, alpha)
 
     def run(self) -> Iterator[object]:
         pending: deque[tuple[FrameResult, Future]] = deque()

@@ -11,6 +11,12 @@ checkpoints and every other format are built on it.
 - keep-mask: keep/<frame stem>.png, 255 where no object is and 0 on every object (the static scene).
 - mask-video: masks.mkv, lossless FFV1 in 8-bit grey, pixel value = object id, one video frame per
   frame at output.preview_fps.
+
+Matting jobs only:
+- png16: alpha16/<frame stem>.png, 16-bit alpha from the unrounded matte; written per frame by the
+  writer as the mattes come (the only format not made at the end: alpha/ keeps 8 bits).
+- prores: alpha.mov, ProRes 4444 (prores_ks, yuva444p10le) with the estimated foreground colours
+  (foreground/ when written, else the frame) and the alpha of alpha/, at output.preview_fps.
 """
 
 from __future__ import annotations
@@ -26,31 +32,40 @@ from core.errors import ConfigError
 from core.frames import FrameFolder
 from core.outputs.masks import read_mask
 
-FORMATS = ("png", "coco", "yolo-seg", "keep-mask", "mask-video")
+FORMATS = ("png", "coco", "yolo-seg", "keep-mask", "mask-video", "png16", "prores")
+MATTING_FORMATS = ("png16", "prores")
 COCO_FILE = "coco.json"
 LABELS_DIR = "labels"
 KEEP_DIR = "keep"
 MASK_VIDEO = "masks.mkv"
+ALPHA16_DIR = "alpha16"
+PRORES = "alpha.mov"
 UNKNOWN_CLASS = "object"
 
 
-def check_formats(formats: tuple[str, ...] | list[str], where: str = "output.formats") -> None:
-    """Refuse a format name this version cannot write, before any model loads."""
+def check_formats(formats: tuple[str, ...] | list[str], mode: str | None = None,
+                  where: str = "output.formats") -> None:
+    """Refuse a format name this version cannot write, or a matting format for another mode, before any
+    model loads."""
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ConfigError(f"{where} lists {', '.join(repr(b) for b in bad)}, which reelmask cannot write; "
                           f"choose from {', '.join(FORMATS)}")
+    matting = [f for f in formats if f in MATTING_FORMATS]
+    if matting and mode is not None and mode != "matting":
+        raise ConfigError(f"{where} asks for {', '.join(repr(f) for f in matting)}, which hold alpha mattes, but this "
+                          f"job runs in {mode} mode; use them with matting mode (or leave them out)")
     if "coco" in formats:
         try:
             import pycocotools.mask  # noqa: F401
         except ImportError as e:
             raise ConfigError(f'{where} asks for "coco", which needs pycocotools: `.venv/bin/pip install '
                               'pycocotools`') from e
-    if "mask-video" in formats:
+    if "mask-video" in formats or "prores" in formats:
         try:
             import av  # noqa: F401
         except ImportError as e:
-            raise ConfigError(f'{where} asks for "mask-video", which needs PyAV: `.venv/bin/pip install av`') from e
+            raise ConfigError(f'{where} asks for a video format, which needs PyAV: `.venv/bin/pip install av`') from e
 
 
 def object_classes(prompts_used: Path) -> dict[int, str]:
@@ -72,9 +87,7 @@ def object_classes(prompts_used: Path) -> dict[int, str]:
 def write_formats(root: Path, folder: FrameFolder, formats: tuple[str, ...], classes: dict[int, str],
                   fps: float) -> list[str]:
     """Write every format of `formats` but png from root/masks; returns the files and folders made."""
-    wanted = [f for f in dict.fromkeys(formats) if f != "png"]
-    if not wanted:
-        return []
+    wanted = [f for f in dict.fromkeys(formats) if f not in ("png", "png16")]  # png16 is the writer's, per frame
     writers = []
     if "coco" in wanted:
         writers.append(_Coco(root, folder, classes))
@@ -84,6 +97,8 @@ def write_formats(root: Path, folder: FrameFolder, formats: tuple[str, ...], cla
         writers.append(_KeepMask(root, folder))
     if "mask-video" in wanted:
         writers.append(_MaskVideo(root, folder, fps))
+    if "prores" in wanted:
+        writers.append(_Prores(root, folder, fps))
     try:
         for i in range(len(folder)):
             id_map = read_mask(root / "masks" / f"{folder.stem(i)}.png")
@@ -92,7 +107,15 @@ def write_formats(root: Path, folder: FrameFolder, formats: tuple[str, ...], cla
     finally:
         for w in writers:
             w.close()
-    return [name for w in writers for name in w.made]
+    return [name for w in writers for name in w.made] + ([ALPHA16_DIR + "/"] if "png16" in formats else [])
+
+
+def write_alpha16(root: Path, stem: str, fine: np.ndarray) -> None:
+    """alpha16/<stem>.png from a matte in [0, 1]."""
+    (root / ALPHA16_DIR).mkdir(exist_ok=True)
+    path = root / ALPHA16_DIR / f"{stem}.png"
+    if not cv2.imwrite(str(path), np.clip(np.rint(fine * 65535.0), 0, 65535).astype(np.uint16)):
+        raise OSError(f"could not write {path}")
 
 
 def _class_table(classes: dict[int, str]) -> list[str]:
@@ -205,6 +228,40 @@ class _MaskVideo:
 
     def frame(self, i: int, id_map: np.ndarray) -> None:
         frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(id_map, dtype=np.uint8), format="gray")
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+
+
+class _Prores:
+    """alpha.mov: the foreground colours and the matte as ProRes 4444 with alpha (10-bit)."""
+
+    def __init__(self, root: Path, folder: FrameFolder, fps: float):
+        import av
+
+        self.root, self.folder, self.av = root, folder, av
+        self.container = av.open(str(root / PRORES), mode="w")
+        self.stream = self.container.add_stream("prores_ks", rate=Fraction(fps).limit_denominator(1001))
+        self.stream.width, self.stream.height = folder.width, folder.height
+        self.stream.pix_fmt = "yuva444p10le"
+        self.stream.options = {"profile": "4"}  # 4444
+        self.made = [PRORES]
+
+    def frame(self, i: int, id_map: np.ndarray) -> None:
+        from core.frames import decode_rgb
+
+        stem = self.folder.stem(i)
+        alpha = cv2.imread(str(self.root / "alpha" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+        if alpha is None:
+            raise OSError(f"prores: the matte {self.root / 'alpha' / stem}.png is missing")
+        cut = cv2.imread(str(self.root / "foreground" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        rgb = cv2.cvtColor(cut, cv2.COLOR_BGRA2RGB) if cut is not None else decode_rgb(self.folder.path(i))
+        rgba = np.dstack([rgb, alpha]).astype(np.uint16) * 257  # 8 to 16 bits; the encoder keeps 10
+        frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(rgba), format="rgba64le")
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
 

@@ -56,12 +56,13 @@ class OutputWriter:
 
     def __init__(self, root: Path, folder: FrameFolder, *, fill_hole_area: int = 0,
                  preview: PreviewSettings | None = None, queue_size: int = 16,
-                 append_prompts: bool = False):
+                 append_prompts: bool = False, png16: bool = False):
         self.root = root
         self.folder = folder
         self.masks_dir = root / "masks"
         self.masks_dir.mkdir(parents=True, exist_ok=True)
         self._fill = fill_hole_area
+        self.png16 = png16  # matting: also 16-bit mattes in alpha16/
         self._preview = preview
         self._video: cv2.VideoWriter | None = None
         self._next_preview = 0
@@ -84,9 +85,11 @@ class OutputWriter:
     def prompt(self, p: PromptUsed) -> None:
         self._put(("prompt", p))
 
-    def alpha(self, frame: int, alpha: np.ndarray, rgba: np.ndarray | None = None) -> None:
-        """alpha/<stem>.png (8-bit) and, with `rgba`, foreground/<stem>.png (an RGBA cut-out)."""
-        self._put(("alpha", frame, alpha, rgba))
+    def alpha(self, frame: int, alpha: np.ndarray, rgba: np.ndarray | None = None,
+              fine: np.ndarray | None = None) -> None:
+        """alpha/<stem>.png (8-bit), with `rgba` foreground/<stem>.png (an RGBA cut-out), and with
+        output.formats "png16" alpha16/<stem>.png from `fine` (the matte before rounding)."""
+        self._put(("alpha", frame, alpha, rgba, fine if self.png16 else None))
 
     def formats(self, formats: tuple[str, ...], fps: float) -> list[str]:
         """Write the interchange formats (core.outputs.formats) from the finished masks, on the writer
@@ -149,8 +152,12 @@ class OutputWriter:
             self.formats_made = write_formats(self.root, self.folder, item[1], classes, item[2])
             return
         if kind == "alpha":
-            _, frame, alpha, rgba = item
+            _, frame, alpha, rgba, fine = item
             stem = self.folder.stem(frame)
+            if fine is not None:
+                from core.outputs.formats import write_alpha16
+
+                write_alpha16(self.root, stem, fine)
             (self.root / ALPHA_DIR).mkdir(exist_ok=True)
             if not cv2.imwrite(str(self.root / ALPHA_DIR / f"{stem}.png"), alpha):
                 raise OSError(f"could not write {self.root / ALPHA_DIR / stem}.png")
