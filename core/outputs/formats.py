@@ -215,19 +215,23 @@ class _KeepMask:
         pass
 
 
-class _MaskVideo:
-    def __init__(self, root: Path, folder: FrameFolder, fps: float):
+class _VideoFile:
+    """One video stream written frame by frame with PyAV (its own FFmpeg: no system FFmpeg needed)."""
+
+    def __init__(self, path: Path, folder: FrameFolder, fps: float, codec: str, pix_fmt: str,
+                 options: dict[str, str] | None = None):
         import av
 
-        self.container = av.open(str(root / MASK_VIDEO), mode="w")
-        self.stream = self.container.add_stream("ffv1", rate=Fraction(fps).limit_denominator(1001))
-        self.stream.width, self.stream.height = folder.width, folder.height
-        self.stream.pix_fmt = "gray"
         self.av = av
-        self.made = [MASK_VIDEO]
+        self.container = av.open(str(path), mode="w")
+        self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        self.stream.width, self.stream.height = folder.width, folder.height
+        self.stream.pix_fmt = pix_fmt
+        self.stream.options = options or {}
+        self.made = [path.name]
 
-    def frame(self, i: int, id_map: np.ndarray) -> None:
-        frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(id_map, dtype=np.uint8), format="gray")
+    def encode(self, array: np.ndarray, fmt: str) -> None:
+        frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format=fmt)
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
 
@@ -237,19 +241,20 @@ class _MaskVideo:
         self.container.close()
 
 
-class _Prores:
+class _MaskVideo(_VideoFile):
+    def __init__(self, root: Path, folder: FrameFolder, fps: float):
+        super().__init__(root / MASK_VIDEO, folder, fps, "ffv1", "gray")
+
+    def frame(self, i: int, id_map: np.ndarray) -> None:
+        self.encode(id_map.astype(np.uint8, copy=False), "gray")
+
+
+class _Prores(_VideoFile):
     """alpha.mov: the foreground colours and the matte as ProRes 4444 with alpha (10-bit)."""
 
     def __init__(self, root: Path, folder: FrameFolder, fps: float):
-        import av
-
-        self.root, self.folder, self.av = root, folder, av
-        self.container = av.open(str(root / PRORES), mode="w")
-        self.stream = self.container.add_stream("prores_ks", rate=Fraction(fps).limit_denominator(1001))
-        self.stream.width, self.stream.height = folder.width, folder.height
-        self.stream.pix_fmt = "yuva444p10le"
-        self.stream.options = {"profile": "4"}  # 4444
-        self.made = [PRORES]
+        super().__init__(root / PRORES, folder, fps, "prores_ks", "yuva444p10le", {"profile": "4"})  # 4 = 4444
+        self.root, self.folder = root, folder
 
     def frame(self, i: int, id_map: np.ndarray) -> None:
         from core.frames import decode_rgb
@@ -260,12 +265,4 @@ class _Prores:
             raise OSError(f"prores: the matte {self.root / 'alpha' / stem}.png is missing")
         cut = cv2.imread(str(self.root / "foreground" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
         rgb = cv2.cvtColor(cut, cv2.COLOR_BGRA2RGB) if cut is not None else decode_rgb(self.folder.path(i))
-        rgba = np.dstack([rgb, alpha]).astype(np.uint16) * 257  # 8 to 16 bits; the encoder keeps 10
-        frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(rgba), format="rgba64le")
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
-
-    def close(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
+        self.encode(np.dstack([rgb, alpha]).astype(np.uint16) * 257, "rgba64le")  # 8 to 16 bits; ProRes keeps 10
