@@ -27,7 +27,8 @@ log = logging.getLogger("reelmask")
 # ------------------------------------------------------------------------- run
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("frames_dir", metavar="FRAMES_DIR", help="folder of numbered JPEG/PNG frames")
+    p.add_argument("frames_dir", metavar="INPUT", help="folder of numbered JPEG/PNG frames (or holding one video "
+                   "file), or a video file (.mp4, .mov, .mkv, .avi, .webm)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: <outbox>/<folder name>)")
     p.add_argument("--mode", help="track, detect, promptless, refine, matting or unet (default: chosen from the folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -40,9 +41,15 @@ def _trust_arg(p: argparse.ArgumentParser) -> None:
                         "(without this, only job-scope keys; see README, Security)")
 
 
+def _job_name(src: Path) -> str:
+    """A folder's name, or a video file's stem."""
+    src = src.resolve()
+    return src.stem if src.is_file() else src.name
+
+
 @command(_run_args)
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run one frame folder now and write its outputs.
+    """Run one frame folder or video file now and write its outputs.
 
     Writes masks/, prompts_used.jsonl, manifest.json and preview.mp4 into --out
     (default: the configured outbox / the folder's name). The mode comes from --mode, else
@@ -57,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     src = Path(args.frames_dir)
-    out = Path(args.out) if args.out else cfg.path(cfg.paths.outbox) / src.resolve().name
+    out = Path(args.out) if args.out else cfg.path(cfg.paths.outbox) / _job_name(src)
     job = prepare_job(src, cfg, mode=args.mode, trusted=args.trust_folder)
     console = stderr_console()
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -184,14 +191,15 @@ def _job(store, ident: str):
 
 
 def _submit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("frames_dir", metavar="FRAMES_DIR", help="folder of numbered JPEG/PNG frames")
+    p.add_argument("frames_dir", metavar="INPUT", help="folder of numbered JPEG/PNG frames (or holding one video "
+                   "file), or a video file (.mp4, .mov, .mkv, .avi, .webm)")
     p.add_argument("--mode", help="force a mode instead of choosing it from the folder")
     _trust_arg(p)
 
 
 @command(_submit_args)
 def cmd_submit(args: argparse.Namespace) -> int:
-    """Queue a frame folder for the daemon without putting it in an inbox.
+    """Queue a frame folder or video file for the daemon without putting it in an inbox.
 
     The folder is checked now (frames, prompts.json, job.toml, mode) and stays where it is; the
     daemon writes the results to the outbox. --set values given here apply to this job only.
@@ -205,7 +213,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     prepare_job(src, cfg, mode=args.mode, trusted=args.trust_folder, confined=True)  # fail now, not in the daemon
     store = open_store(cfg)
     options = {k: v for k, v in (("sets", list(args.set or ())), ("trusted", args.trust_folder)) if v} or None
-    job_id = store.add_job_once(src.name, src, source="submit", mode=args.mode, options=options)
+    job_id = store.add_job_once(_job_name(src), src, source="submit", mode=args.mode, options=options)
     if job_id is None:
         raise ReelmaskError(f"{src} is already queued or running; `reelmask status` shows it")
     store.log("info", f"submitted {src}", job_id)

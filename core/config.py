@@ -173,6 +173,15 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class VideoConfig:
+    on_damage: str = _key("fail", 'a damaged or truncated video file: "fail" (error naming the frame where decoding stops) '
+                          'or "truncate" (process the frames before it, with a warning; costs one extra decoding pass)',
+                          job=True)
+    cache_mb: int = _key(128, "decoded video frames each decoding thread keeps for backward reads and seeks, in MiB",
+                         lo=8, hi=65536)
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     devices: tuple[str, ...] = _key(["auto"], 'one worker per entry, each running one job at a time: "auto", "cpu", "cuda:0", ...',
                                     hi=64)
@@ -266,6 +275,7 @@ SECTIONS: dict[str, type] = {
     "promptless": PromptlessConfig,
     "refine": RefineConfig,
     "output": OutputConfig,
+    "video": VideoConfig,
     "daemon": DaemonConfig,
     "ray": RayConfig,
     "matting": MattingConfig,
@@ -284,6 +294,7 @@ class Config:
     promptless: PromptlessConfig = field(default_factory=PromptlessConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     matting: MattingConfig = field(default_factory=MattingConfig)
@@ -538,6 +549,8 @@ def _validate(cfg: Config) -> Config:
         k = getattr(cfg, name)
         if k.merge_iou <= 0 or k.covered <= 0:
             raise ConfigError(f"{name}.merge_iou and {name}.covered must be in (0, 1], got {k.merge_iou}, {k.covered}")
+    if cfg.video.on_damage not in ("fail", "truncate"):
+        raise ConfigError(f'video.on_damage must be "fail" or "truncate", got "{cfg.video.on_damage}"')
     if cfg.refine.prompt not in ("points", "mask"):
         raise ConfigError(f'refine.prompt must be "points" or "mask", got "{cfg.refine.prompt}"')
     if not cfg.daemon.devices:

@@ -15,16 +15,20 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from core.config import LimitsConfig
+from core.config import LimitsConfig, VideoConfig
 from core.errors import FrameFolderError
+from core.video import VideoSource, is_video_name, output_names, probe_video
+
+if TYPE_CHECKING:
+    from core.video import VideoInfo
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 _NUMBER = re.compile(r"(\d+)")
@@ -42,18 +46,52 @@ def is_frame_name(name: str) -> bool:
 
 @dataclass(frozen=True)
 class FrameFolder:
-    """The ordered frames of one input folder, checked to be readable images of one size."""
+    """The ordered frames of one input: numbered images checked to be readable and of one size, or the
+    pictures of one video file (then `names` are the output names 00000.png, ... and `video` decodes)."""
 
     root: Path
     names: tuple[str, ...]
     width: int
     height: int
+    video: VideoSource | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def path(self, index: int) -> Path:
+        """The image file of frame `index` (frame folders only: a video's frames are not files)."""
+        if self.video is not None:
+            raise ValueError(f"frame {index} of {self.video.info.path.name} is a video picture, not a file; "
+                             "use read_rgb")
         return self.root / self.names[index]
+
+    def frame_file(self, index: int) -> Path | None:
+        """The image file of frame `index`, None for a video."""
+        return None if self.video is not None else self.root / self.names[index]
+
+    def read_rgb(self, index: int) -> np.ndarray:
+        """Frame `index` decoded to HxWx3 uint8 RGB (from its file, or from the video)."""
+        return self.video.rgb(index) if self.video is not None else decode_rgb(self.root / self.names[index])
+
+    @property
+    def source(self) -> "VideoInfo | None":
+        return self.video.info if self.video is not None else None
+
+    def close(self) -> None:
+        """Let go of open video decoders (a later read opens them again)."""
+        if self.video is not None:
+            self.video.close()
+
+    @classmethod
+    def open_video(cls, file: str | Path, *, limits: LimitsConfig | None = None,
+                   video: VideoConfig | None = None) -> "FrameFolder":
+        """The frames of one video file, indexed (not decoded) and checked against `limits`."""
+        file = Path(file)
+        limits, video = limits or LimitsConfig(), video or VideoConfig()
+        info = probe_video(file, max_frames=limits.max_frames, max_pixels=limits.max_frame_pixels,
+                           on_damage=video.on_damage)
+        return cls(root=file.parent, names=output_names(info.frames), width=info.width, height=info.height,
+                   video=VideoSource(info, cache_bytes=video.cache_mb * 2**20))
 
     def stem(self, index: int) -> str:
         return Path(self.names[index]).stem
@@ -66,15 +104,21 @@ class FrameFolder:
 
     @classmethod
     def scan(cls, root: str | Path, *, exclude: frozenset[str] = frozenset(),
-             limits: LimitsConfig | None = None) -> "FrameFolder":
+             limits: LimitsConfig | None = None, video: VideoConfig | None = None) -> "FrameFolder":
         """List, order and check the frames of `root`; files named in `exclude` (prompts.json's mask
-        prompts) are not frames. Frame count and pixel size are held to `limits` before decoding."""
+        prompts) are not frames. Frame count and pixel size are held to `limits` before decoding. A folder
+        with no frame images but exactly one video file is that video's frames."""
         root = Path(root)
         limits = limits or LimitsConfig()
         if not root.is_dir():
-            raise FrameFolderError(f"{root} is not a folder; give a folder of numbered JPEG or PNG frames")
+            raise FrameFolderError(f"{root} is not a folder; give a folder of numbered JPEG or PNG frames, or a "
+                                   "video file")
         names = []
+        videos = []
         for entry in root.iterdir():
+            if is_video_name(entry.name) and entry.is_file():
+                videos.append(entry)
+                continue
             if not is_frame_name(entry.name) or entry.name in exclude:
                 continue
             if entry.is_dir():
@@ -90,11 +134,18 @@ class FrameFolder:
                     f"{root} holds more than {limits.max_frames:,} frames (limits.max_frames); split the video "
                     "into several folders, or ask the daemon's owner to raise the limit"
                 )
+        if not names and len(videos) == 1:
+            return cls.open_video(videos[0], limits=limits, video=video)
+        if not names and videos:
+            shown = ", ".join(sorted(v.name for v in videos)[:5])
+            raise FrameFolderError(f"{root} holds {len(videos)} video files ({shown}); a folder is one video: put "
+                                   "each file in a folder of its own, or drop the files into the inbox by themselves")
         if not names:
             others = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))[:5]
             seen = f" (found: {', '.join(others)})" if others else " (the folder is empty)"
             raise FrameFolderError(
-                f"no frames in {root}{seen}; add numbered .jpg/.jpeg/.png images such as 00000.jpg"
+                f"no frames in {root}{seen}; add numbered .jpg/.jpeg/.png images such as 00000.jpg, or one video "
+                "file (.mp4, .mov, .mkv, .avi, .webm)"
             )
         names.sort(key=natural_key)
         for a, b in zip(names, names[1:]):
@@ -223,7 +274,7 @@ class FrameReader:
         self.wait_seconds = 0.0  # time callers spent blocked on decoding
 
     def _load(self, index: int) -> object:
-        return self._prepare(decode_rgb(self.folder.path(index)))
+        return self._prepare(self.folder.read_rgb(index))
 
     def get(self, index: int, lo: int = 0, hi: int | None = None) -> object:
         """Frame `index`; read-ahead stays inside [lo, hi)."""

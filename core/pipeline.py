@@ -7,6 +7,7 @@ works; the CLI draws a progress bar from them, the daemon records them in SQLite
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -22,6 +23,7 @@ from core.engine.events import (AlphaResult, ChunkFinished, ChunkStarted, Engine
 from core.engine.modes import SAM2, UNET, EngineInputs, mode_spec, model_records
 from core.errors import ConfigError, FrameFolderError
 from core.frames import FrameFolder, FrameReader, to_model_input
+from core.video import is_video_name
 from core.modes import Mode, ModeChoice, choose_mode
 from core.models.weights import cache_dir
 from core.outputs.folder import MANIFEST, check_target, open_staging, publish, staging_path, write_json
@@ -40,6 +42,7 @@ __all__ = ["AlphaResult", "ChunkFinished", "ChunkStarted", "EngineWarning", "Fra
            "run_offloaded"]
 
 JOB_TOML = "job.toml"
+FRAME_TIMES = "frames.jsonl"
 
 
 @dataclass(frozen=True)
@@ -92,14 +95,17 @@ def prepare_job(input_dir: Path, config: Config, *, mode: str | None = None, inb
     of the folder."""
     input_dir = Path(input_dir)
     limits = config.limits  # the owner's: a folder cannot raise its own limits
+    if is_video_name(input_dir.name) and input_dir.is_file():
+        return _prepare_video_file(input_dir, config, mode, inbox_mode, job_id, confined)
     if not input_dir.is_dir():
-        raise FrameFolderError(f"{input_dir} is not a folder; give a folder of numbered JPEG or PNG frames")
+        raise FrameFolderError(f"{input_dir} is not a folder; give a folder of numbered JPEG or PNG frames, or a "
+                               "video file (.mp4, .mov, .mkv, .avi, .webm)")
     check_tree(input_dir, limits, confined=confined)
     job_mode, overrides = read_job_toml(input_dir, limits)
     if overrides:
         config = with_overrides(config, overrides, str(input_dir / JOB_TOML), job_scope=not trusted)
     raw_prompts = read_prompts_json(input_dir, limits)
-    folder = FrameFolder.scan(input_dir, exclude=mask_names(raw_prompts), limits=limits)
+    folder = FrameFolder.scan(input_dir, exclude=mask_names(raw_prompts), limits=limits, video=config.video)
     prompts = Prompts() if raw_prompts is None else parse_prompts(raw_prompts, folder, input_dir / PROMPTS_FILE,
                                                                   limits)
     choice = choose_mode(input_dir, prompts, explicit=mode, job_mode=job_mode, inbox_mode=inbox_mode)
@@ -111,6 +117,25 @@ def prepare_job(input_dir: Path, config: Config, *, mode: str | None = None, inb
 
         resolve_decoder_path(config)  # every SAM2 mode: a wrong models.sam2_decoder fails before SAM2 loads
     return PreparedJob(job_id or uuid.uuid4().hex[:12], input_dir, folder, prompts, choice, config)
+
+
+def _prepare_video_file(file: Path, config: Config, mode: str | None, inbox_mode: str | None, job_id: str | None,
+                        confined: bool) -> PreparedJob:
+    """A video file given by itself: no sidecars (nothing beside the file is read), the usual mode choice."""
+    if confined and file.is_symlink():
+        raise FrameFolderError(f"{file} is a symbolic link; the daemon does not follow links out of its folders: "
+                               "copy or move the real file in instead")
+    folder = FrameFolder.open_video(file, limits=config.limits, video=config.video)
+    prompts = Prompts()
+    choice = choose_mode(file, prompts, explicit=mode, inbox_mode=inbox_mode)
+    check_formats(config.output.formats, choice.mode.value)
+    spec = mode_spec(choice.mode)
+    spec.check(file, folder, prompts, config)
+    if spec.model_kind(folder, prompts) == SAM2:
+        from core.models.sam2_decoder import resolve_decoder_path
+
+        resolve_decoder_path(config)
+    return PreparedJob(job_id or uuid.uuid4().hex[:12], file, folder, prompts, choice, config)
 
 
 class ModelPool:
@@ -246,8 +271,9 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     kind = spec.model_kind(job.folder, job.prompts)
     model = models.load(kind, cfg)
     model_seconds = time.perf_counter() - t_model
-    warnings = _model_warnings(spec.warnings(job.prompts), kind, model)
     folder = job.folder
+    warnings = _model_warnings([*(folder.source.warnings if folder.source else ()), *spec.warnings(job.prompts)],
+                               kind, model)
     chunks = spec.chunks(len(folder), cfg)
     reader = _frame_reader(folder, model, cfg)
     preview = (PreviewSettings(cfg.output.preview_fps, cfg.output.preview_max_side, cfg.output.preview_opacity)
@@ -284,8 +310,10 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
             writer.close()
         except Exception:  # the original error matters more than a writer error
             log.debug("writer failed while stopping", exc_info=True)
+        folder.close()
         raise
     reader.close()
+    folder.close()
     if writer.frames_written != len(folder):
         raise RuntimeError(f"internal error: wrote {writer.frames_written} of {len(folder)} masks")
     if spec.writes_alpha and len(list((stage / ALPHA_DIR).glob("*.png"))) != len(folder):
@@ -304,9 +332,20 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     Checkpoint.clear(stage)
     for scratch in stage.glob(".*"):  # hand-over partials, datasets, training runs
         shutil.rmtree(scratch, ignore_errors=True) if scratch.is_dir() else scratch.unlink(missing_ok=True)
+    if folder.source is not None:
+        write_frame_times(stage / FRAME_TIMES, folder)
     write_json(stage / MANIFEST, manifest)
     publish(stage, out, cfg.output.overwrite)
     yield JobFinished(out, manifest)
+
+
+def write_frame_times(path: Path, folder: FrameFolder) -> None:
+    """frames.jsonl: each output frame of a video input with its timestamp on the source's timeline."""
+    info = folder.source
+    with open(path, "w", encoding="utf-8") as f:
+        for i, name in enumerate(folder.names):
+            f.write(json.dumps({"frame": i, "name": name, "pts": info.pts[i],
+                                "time": round(float(info.pts[i] * info.time_base), 6)}) + "\n")
 
 
 def _model_warnings(warnings: list[str], kind: str | None, model) -> list[str]:

@@ -20,7 +20,7 @@ from core.errors import ReelmaskError
 from core.state_lock import DaemonLock
 from core.store import CommandKind, JobState, Store
 from daemon.metrics import Sampler
-from daemon.watcher import Inbox, InboxWatcher, tree_signature
+from daemon.watcher import Inbox, InboxWatcher, entry_signature
 from daemon.adopt import adopt_strays
 from daemon.folders import MoveError, file_failure, move_folder, safe_name
 from daemon.worker import Worker
@@ -131,9 +131,9 @@ class Daemon:
         queued = []
         for folder, inbox in self.watcher.ready():
             with self.inbox_lock:  # workers move claimed folders out under the same lock
-                if not (folder.is_dir() or folder.is_symlink()):
+                if not (folder.is_dir() or folder.is_symlink() or folder.is_file()):
                     continue  # claimed and moved away since the inbox was listed
-                sig = None if folder.is_symlink() else tree_signature(folder, self.cfg.limits.max_files)
+                sig = None if folder.is_symlink() else entry_signature(folder, self.cfg.limits.max_files)
                 if folder in self._submitted and self._submitted[folder] == sig:
                     continue  # already queued in this state (e.g. a job that could not move it)
                 self._submitted[folder] = sig
@@ -143,7 +143,8 @@ class Daemon:
                     continue
                 if self._failed_here_unchanged(folder, sig):
                     continue
-                job_id = self.store.add_job_once(folder.name, folder, source="inbox", inbox_mode=inbox.mode,
+                name = folder.name if folder.is_dir() or folder.is_symlink() else folder.stem  # a bare video: its stem
+                job_id = self.store.add_job_once(name, folder, source="inbox", inbox_mode=inbox.mode,
                                                  options={"signature": list(dataclasses.astuple(sig))})
             if job_id:
                 queued.append(job_id)
@@ -214,7 +215,7 @@ class Daemon:
             self.store.finish_command(cmd_id, "done")
             return
         current = Path(job.input_path)
-        owned = job.source == "inbox" and current.is_dir() and not current.is_symlink()
+        owned = job.source == "inbox" and (current.is_dir() or current.is_file()) and not current.is_symlink()
         with self.inbox_lock:  # workers claim inbox folders under the same lock
             filed = file_failure(self.cfg.path(self.cfg.paths.failed), job.name, reason,
                                  f"job {job.id}, input {job.origin_path}", current if owned else None)

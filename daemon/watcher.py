@@ -1,7 +1,9 @@
-"""Inbox watching: which folders are complete and may become jobs.
+"""Inbox watching: which folders (and bare video files) are complete and may become jobs.
 
 A folder is ready when it holds `.ready`, or when nothing in its whole tree has changed for
-`watch.settle_seconds` and no partial file (`*.part`, `*~`) is left in it. watchdog events (or a
+`watch.settle_seconds` and no partial file (`*.part`, `*~`) is left in it. A video file dropped by
+itself is ready when `NAME.ready` or `STEM.ready` appears beside it, or when its size and mtime have
+not changed for `watch.settle_seconds`. watchdog events (or a
 polling observer, for network shares) mark activity; a cheap tree signature (file count, sizes,
 newest mtime) confirms quiet, so a missed event cannot make a half-copied folder look finished.
 """
@@ -19,6 +21,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from core.video import is_video_name
+
 log = logging.getLogger(__name__)
 
 READY_MARKER = ".ready"
@@ -27,6 +31,29 @@ READY_MARKER = ".ready"
 def is_ignored_name(name: str) -> bool:
     """Hidden and partial names never become jobs."""
     return name.startswith(".") or name.endswith(".part") or name.endswith("~")
+
+
+def file_markers(file: Path) -> list[Path]:
+    """The ready markers of a bare video file: clip.mp4.ready or clip.ready beside it."""
+    return [file.with_name(file.name + READY_MARKER), file.with_name(file.stem + READY_MARKER)]
+
+
+def is_job_entry(entry: Path) -> bool:
+    """What in an inbox becomes a job: a folder, a link (refused), or a video file by itself."""
+    if is_ignored_name(entry.name):
+        return False
+    return entry.is_symlink() or entry.is_dir() or (is_video_name(entry.name) and entry.is_file())
+
+
+def entry_signature(entry: Path, max_entries: int = 250_000) -> "Signature":
+    """tree_signature for a folder; size and mtime for a file."""
+    if entry.is_dir() and not entry.is_symlink():
+        return tree_signature(entry, max_entries)
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError:
+        return Signature(0, 0, 0, False)
+    return Signature(1, st.st_size, st.st_mtime_ns, False)
 
 
 @dataclass(frozen=True)
@@ -129,8 +156,7 @@ class InboxWatcher:
         present: set[Path] = set()
         for inbox in self.inboxes:
             try:
-                entries = sorted(p for p in inbox.path.iterdir()
-                                 if (p.is_symlink() or p.is_dir()) and not is_ignored_name(p.name))
+                entries = sorted(p for p in inbox.path.iterdir() if is_job_entry(p))
             except OSError as e:
                 log.warning("cannot list inbox %s: %s", inbox.path, e)
                 continue
@@ -146,9 +172,12 @@ class InboxWatcher:
         return found
 
     def _is_ready(self, folder: Path, now: float) -> bool:
-        if folder.is_symlink() or (folder / READY_MARKER).exists():
+        if folder.is_symlink():
             return True
-        sig = tree_signature(folder, self.max_entries)
+        is_file = not folder.is_dir()
+        if any(m.exists() for m in file_markers(folder)) if is_file else (folder / READY_MARKER).exists():
+            return True
+        sig = entry_signature(folder, self.max_entries)
         with self._lock:
             event_at = self._activity.get(folder, 0.0)
         previous = self._state.get(folder)

@@ -21,11 +21,13 @@ from pathlib import Path
 
 from core.config import Config
 from core.errors import Cancelled, FrameFolderError, ReelmaskError
-from core.outputs.folder import MANIFEST, staging_path
+from core.outputs.folder import MANIFEST, fit_name, staging_path
 from core.pipeline import (ChunkFinished, ChunkStarted, EngineWarning, FrameResult, JobFinished, JobStarted, ModelPool,
                            Phase, prepare_job, run_job)
 from core.store import Job, JobState, Store
+from core.video import is_video_name
 from daemon.folders import MoveError, file_failure, move_folder, unique_path
+from daemon.watcher import file_markers
 from daemon.progress import JobProgress, finish_cancel_commands
 
 log = logging.getLogger(__name__)
@@ -187,9 +189,18 @@ class Worker:
             if current.is_symlink():
                 raise FrameFolderError(f"{current} is a symbolic link; the daemon does not follow links out of its "
                                        "inboxes: copy or move the real folder in instead")
-            if not current.is_dir():
+            if current.is_file() and is_video_name(current.name):
+                # a bare video file becomes a folder holding it: it moves through work/, done/ and failed/ as one
+                holder = work / job.id / fit_name(job.name)
+                holder.mkdir(parents=True, exist_ok=True)
+                move_folder(current, holder, current.name)
+                for marker in file_markers(current):
+                    marker.unlink(missing_ok=True)
+                moved = holder
+            elif not current.is_dir():
                 raise ReelmaskError(f"the folder {current} disappeared before the job started")
-            moved = move_folder(current, work / job.id, job.name)
+            else:
+                moved = move_folder(current, work / job.id, job.name)
             self.store.update_job(job.id, input_path=str(moved))
         return moved
 

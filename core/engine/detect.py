@@ -29,7 +29,7 @@ from core.engine.chunks import Chunk, Resumable, forward_handover_frame
 from core.engine.events import ChunkFinished, ChunkStarted, EngineWarning, FrameResult, PromptUsed, Records
 from core.engine.track import mask_box
 from core.errors import Cancelled
-from core.frames import FrameFolder, FrameReader, FrameWindow, decode_rgb
+from core.frames import FrameFolder, FrameReader, FrameWindow
 from core.models.yolo import Detection
 from core.prompts import MAX_OBJECT_ID
 
@@ -168,7 +168,7 @@ class DetectEngine(Resumable):
         return self._scan(chunk)[0]
 
     def _detect(self, frames: list[int]) -> list[Detection]:
-        return self.detector.detect([(f, decode_rgb(self.folder.path(f))) for f in frames],
+        return self.detector.detect([(f, self.folder.read_rgb(f)) for f in frames],
                                     self.classes, self.min_confidence)
 
     # ------------------------------------------------------------------ prompts for one chunk

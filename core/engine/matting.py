@@ -24,7 +24,7 @@ import numpy as np
 from core.engine.chunks import Chunk, Resumable
 from core.engine.events import AlphaResult, ChunkFinished, ChunkStarted, FrameResult, Records
 from core.errors import Cancelled, FrameFolderError
-from core.frames import IMAGE_SUFFIXES, FrameFolder, check_frame_sized, decode_rgb
+from core.frames import IMAGE_SUFFIXES, FrameFolder, check_frame_sized
 
 
 def mask_files(folder: FrameFolder) -> list[Path]:
@@ -140,7 +140,7 @@ class MattingEngine:
         return own.then(self.inner.records(out, cache))
 
     def _matte(self, frame: int, id_map: np.ndarray) -> AlphaResult:
-        rgb = decode_rgb(self.folder.path(frame))
+        rgb = self.folder.read_rgb(frame)
         prev = None
         if self.matter.sequential and self._previous is not None and self._previous[0] == frame - 1:
             prev = self._previous[1]

@@ -17,7 +17,7 @@ import numpy as np
 from core.engine.chunks import Chunk
 from core.engine.keyframes import Region
 from core.errors import FrameFolderError
-from core.frames import IMAGE_SUFFIXES, FrameFolder, check_frame_sized, decode_rgb
+from core.frames import IMAGE_SUFFIXES, FrameFolder, check_frame_sized
 
 
 class AutomaticRegions:
@@ -43,7 +43,7 @@ class AutomaticRegions:
         import torch
 
         with torch.inference_mode():
-            found = self.generator.generate(decode_rgb(self.folder.path(frame)))
+            found = self.generator.generate(self.folder.read_rgb(frame))
         return [Region(frame, m["segmentation"].astype(bool), float(m["predicted_iou"]))
                 for m in found if m["area"] >= self.min_area]
 

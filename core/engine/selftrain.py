@@ -67,7 +67,8 @@ class SelfTrainingDetect:
         last = None
         for event in track.run():
             if isinstance(event, FrameResult):
-                dataset.add(event.frame, self.folder.path(event.frame), event.id_map)
+                f = event.frame
+                dataset.add(f, self.folder.frame_file(f) or self.folder.read_rgb(f), event.id_map)
                 if event.frame == t - 1:
                     last = event.id_map
             yield event

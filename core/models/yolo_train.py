@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import cv2
 import numpy as np
 
 from core.errors import ModelError, ReelmaskError
@@ -46,13 +47,19 @@ class YoloDataset:
             (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         self.counts = {"train": 0, "val": 0}
 
-    def add(self, index: int, image: Path, id_map: np.ndarray, split: str | None = None) -> None:
-        """Link the frame and write its boxes; `split` ("train"/"val") or every `val_every`-th frame validates."""
+    def add(self, index: int, image: Path | np.ndarray, id_map: np.ndarray, split: str | None = None) -> None:
+        """Link the frame's file (or write a decoded video frame, RGB, as a PNG) and write its boxes; `split`
+        ("train"/"val") or every `val_every`-th frame validates."""
         if split is None:
             split = "val" if index % self.val_every == self.val_every - 1 else "train"
-        link = self.root / "images" / split / f"{index:06d}{image.suffix.lower()}"
-        if not link.exists():
-            os.symlink(image.resolve(), link)
+        if isinstance(image, np.ndarray):
+            target = self.root / "images" / split / f"{index:06d}.png"
+            if not target.exists() and not cv2.imwrite(str(target), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+                raise OSError(f"could not write {target}")
+        else:
+            link = self.root / "images" / split / f"{index:06d}{image.suffix.lower()}"
+            if not link.exists():
+                os.symlink(image.resolve(), link)
         lines = [f"0 {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}" for _, x, y, bw, bh in mask_boxes(id_map)]
         (self.root / "labels" / split / f"{index:06d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
         self.counts[split] += 1

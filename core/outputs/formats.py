@@ -224,14 +224,25 @@ class _VideoFile:
 
         self.av = av
         self.container = av.open(str(path), mode="w")
-        self.stream = self.container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        source = folder.source
+        # a video input's own timeline (its frame rate, variable or not): every mask lands on its picture
+        rate = source.rate if source is not None and source.rate else Fraction(fps).limit_denominator(1001)
+        self.stream = self.container.add_stream(codec, rate=rate)
         self.stream.width, self.stream.height = folder.width, folder.height
         self.stream.pix_fmt = pix_fmt
         self.stream.options = options or {}
+        self.pts = None
+        if source is not None:
+            self.stream.codec_context.time_base = source.time_base
+            self.pts = [p - source.pts[0] for p in source.pts]
+        self.index = 0
         self.made = [path.name]
 
     def encode(self, array: np.ndarray, fmt: str) -> None:
         frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format=fmt)
+        if self.pts is not None:
+            frame.pts, frame.time_base = self.pts[self.index], self.stream.codec_context.time_base
+        self.index += 1
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
 
@@ -257,12 +268,11 @@ class _Prores(_VideoFile):
         self.root, self.folder = root, folder
 
     def frame(self, i: int, id_map: np.ndarray) -> None:
-        from core.frames import decode_rgb
 
         stem = self.folder.stem(i)
         alpha = cv2.imread(str(self.root / "alpha" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
         if alpha is None:
             raise OSError(f"prores: the matte {self.root / 'alpha' / stem}.png is missing")
         cut = cv2.imread(str(self.root / "foreground" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
-        rgb = cv2.cvtColor(cut, cv2.COLOR_BGRA2RGB) if cut is not None else decode_rgb(self.folder.path(i))
+        rgb = cv2.cvtColor(cut, cv2.COLOR_BGRA2RGB) if cut is not None else self.folder.read_rgb(i)
         self.encode(np.dstack([rgb, alpha]).astype(np.uint16) * 257, "rgba64le")  # 8 to 16 bits; ProRes keeps 10

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from core.engine.events import PromptUsed
-from core.frames import FrameFolder, decode_rgb
+from core.frames import FrameFolder
 from core.outputs.masks import fill_small_holes, overlay, read_mask, write_palette_png
 
 PROMPTS_USED = "prompts_used.jsonl"
@@ -196,7 +196,7 @@ class OutputWriter:
     def _preview_frame(self, index: int, id_map: np.ndarray) -> None:
         p = self._preview
         assert p is not None
-        rgb = decode_rgb(self.folder.path(index))
+        rgb = self.folder.read_rgb(index)
         h, w = rgb.shape[:2]
         scale = min(1.0, p.max_side / max(h, w))
         size = (max(2, int(w * scale) // 2 * 2), max(2, int(h * scale) // 2 * 2))
