@@ -125,7 +125,6 @@ def probe_video(path: Path, *, max_frames: int, max_pixels: int, on_damage: str 
         first_index = stream.index
         codec = ctx.name
         rate = stream.average_rate or stream.guessed_rate
-        first = _first_picture(path, first_index, name)
     finally:
         container.close()
     sorted_pts = sorted(pts)
@@ -139,7 +138,7 @@ def probe_video(path: Path, *, max_frames: int, max_pixels: int, on_damage: str 
         decoded, why = _decodable(path, first_index, name)
         if len(decoded) < len(sorted_pts) and not damage:
             damage = why or f"frame {len(decoded)} does not decode"
-        sorted_pts = decoded
+        sorted_pts = _before_gap(decoded) if damage else decoded
         if not sorted_pts:
             raise FrameFolderError(f"video {name}: no frame decodes ({damage}); re-export it")
     keyframes = tuple(i for i, p in enumerate(sorted_pts) if p in key_pts) or (0,)
@@ -154,6 +153,7 @@ def probe_video(path: Path, *, max_frames: int, max_pixels: int, on_damage: str 
                 "before it")
         warnings.append(f"video {name} is damaged at frame {damaged_at}: {damage}; only frames 0-{damaged_at - 1} "
                         "were processed (video.on_damage = \"truncate\")")
+    first = _first_picture(path, first_index, name)
     steps = np.diff(np.asarray(sorted_pts, dtype=np.int64)) if len(sorted_pts) > 1 else np.zeros(0)
     variable = bool(steps.size and (steps.max() - steps.min()) > max(1, 0.02 * np.median(steps)))
     rotation, pix_fmt, (h, w) = first
@@ -163,6 +163,20 @@ def probe_video(path: Path, *, max_frames: int, max_pixels: int, on_damage: str 
                      time_base=time_base, rate=Fraction(rate) if rate else None, pts=tuple(sorted_pts),
                      keyframes=keyframes, variable_rate=variable, damaged_at=damaged_at, damage=damage,
                      warnings=tuple(warnings))
+
+
+def _before_gap(stamps: list[int], reorder: int = 16) -> list[int]:
+    """The frames before the damage of a cut file: pictures whose neighbours were lost with the damaged
+    packets (B-frames are stored after the frames they lean on) leave a gap near the end, and everything
+    from the first gap on goes. Only the last `reorder` frames are looked at, so a variable frame rate's
+    own pauses earlier in the video stay."""
+    if len(stamps) < 3:
+        return stamps
+    step = float(np.median(np.diff(stamps)))
+    for i in range(max(1, len(stamps) - reorder), len(stamps)):
+        if stamps[i] - stamps[i - 1] > 1.5 * step:
+            return stamps[:i]
+    return stamps
 
 
 def _reason(e: Exception) -> str:
@@ -203,17 +217,35 @@ def _index(container, stream, name: str, max_frames: int, time_base: Fraction):
     return pts, keys, damage, expected
 
 
+def _pictures(container, stream):
+    """Decoded pictures of `stream`; when reading or decoding fails, what the decoder still holds comes out
+    first, then a _DecodeError says why."""
+    av = _av()
+    try:
+        for packet in container.demux(stream):
+            yield from packet.decode()  # the demuxer's last, empty packet flushes the decoder
+        return
+    except av.error.FFmpegError as e:
+        why = _reason(e)
+    try:
+        yield from stream.codec_context.decode(None)
+    except av.error.FFmpegError:
+        pass
+    raise _DecodeError(why)
+
+
 def _first_picture(path: Path, index: int, name: str) -> tuple[int, str, tuple[int, int]]:
     """Rotation, pixel format and stored size of the first decodable picture (the decoder must exist)."""
     av = _av()
+    why = "the file holds no decodable picture"
     try:
         with av.open(str(path), metadata_errors="ignore") as c:
-            for frame in c.decode(c.streams[index]):
+            for frame in _pictures(c, c.streams[index]):
                 return int(round(frame.rotation or 0)) % 360, frame.format.name, (frame.height, frame.width)
-    except av.error.FFmpegError as e:
-        raise FrameFolderError(f"video {name}: the first frame cannot be decoded ({_reason(e)}); the codec may be "
-                               "unsupported or the file damaged: re-export it (H.264, ProRes or FFV1 work)") from None
-    raise FrameFolderError(f"video {name}: no frame could be decoded; re-export it")
+    except (av.error.FFmpegError, _DecodeError) as e:
+        why = _reason(e)
+    raise FrameFolderError(f"video {name}: the first frame cannot be decoded ({why}); the codec may be "
+                           "unsupported or the file damaged: re-export it (H.264, ProRes or FFV1 work)")
 
 
 def _decodable(path: Path, index: int, name: str) -> tuple[list[int], str]:
@@ -222,14 +254,13 @@ def _decodable(path: Path, index: int, name: str) -> tuple[list[int], str]:
     stamps: list[int] = []
     try:
         with av.open(str(path), metadata_errors="ignore") as c:
-            stream = c.streams[index]
-            stream.thread_type = "AUTO"
-            for frame in c.decode(stream):
+            stream = c.streams[index]  # no frame threading: after an error it would lose the frames it held
+            for frame in _pictures(c, stream):
                 stamp = frame.pts if frame.pts is not None else frame.dts
                 if stamp is None or (stamps and stamp <= stamps[-1]):
                     return stamps, f"frame {len(stamps)} has no usable timestamp"
                 stamps.append(int(stamp))
-    except av.error.FFmpegError as e:
+    except (av.error.FFmpegError, _DecodeError) as e:
         return stamps, f"decoding stopped at frame {len(stamps)} ({_reason(e)})"
     return stamps, ""
 
@@ -315,24 +346,17 @@ class _Decoder:
             except (av.error.FFmpegError, OSError) as e:
                 raise FrameFolderError(f"video {info.path.name} cannot be opened any more ({_reason(e)}); was it "
                                        "moved or changed while the job ran?") from None
-            self.container.streams.video[0].thread_type = "AUTO"
+            if info.damaged_at is None:  # frame threading loses the frames it holds when a packet is bad
+                self.container.streams.video[0].thread_type = "AUTO"
         stream = self.container.streams.video[0]
         try:
             self.container.seek(info.pts[key], stream=stream, backward=True, any_frame=False)
         except av.error.FFmpegError:
             self.container.seek(0, stream=stream)  # containers without an index: from the start
-        self.frames = self._pictures(stream)
+        self.frames = _pictures(self.container, stream)
         self.next_index = None
         # pictures before the keyframe may lean on references the seek skipped: never keep those
         return self._decode_to(index, keep_from=max(key, index - self.capacity + 1))
-
-    def _pictures(self, stream):
-        av = _av()
-        try:
-            yield from self.container.decode(stream)
-        except av.error.FFmpegError as e:
-            self.next_index = None
-            raise _DecodeError(_reason(e)) from None
 
     def _decode_to(self, index: int, keep_from: int) -> np.ndarray:
         while True:
