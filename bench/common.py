@@ -30,7 +30,7 @@ def clip_of(src: Path, n: int, dest: Path, point: tuple[int, int] | None = None)
     for f in frames[:n]:
         link = dest / f.name
         if not link.exists():
-            os.symlink(f, link)
+            os.symlink(f.resolve(), link)
     if point is None:
         from PIL import Image
 

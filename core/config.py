@@ -166,8 +166,8 @@ class OutputConfig:
     fill_hole_area: int = _key(8, "fill background holes up to this many pixels (at SAM2 mask resolution) inside masks; 0 = off",
                                job=True, lo=0, hi=1_000_000)
     overwrite: bool = _key(False, "replace an existing output folder instead of refusing")
-    formats: tuple[str, ...] = _key(["png"], 'what to write besides masks/ (always written): "coco" (coco.json, RLE), '
-                                             '"yolo-seg" (labels/ + data.yaml), "keep-mask" (keep/, inverted), '
+    formats: tuple[str, ...] = _key(["png"], 'what to write besides masks/ (always written): "coco" (coco.json, RLE), "ytvis" '
+                                             '(ytvis.json, YouTube-VIS video layout), "yolo-seg" (labels/ + data.yaml), "keep-mask" (keep/, inverted), '
                                              '"mask-video" (masks.mkv, FFV1); matting: "png16" (alpha16/), "prores" '
                                              '(alpha.mov, ProRes 4444 with alpha)', job=True, hi=8)
 

@@ -76,6 +76,30 @@ def test_every_format_reads_back_as_the_masks(tmp_path: Path):
     assert len(frames) == len(masks) and all(np.array_equal(f, m) for f, m in zip(frames, masks))
 
 
+def test_ytvis_holds_each_object_over_every_frame(tmp_path: Path):
+    from pycocotools import mask as rle
+
+    folder = _masks(tmp_path)
+    out = tmp_path / "out"
+    assert write_formats(out, folder, ("ytvis",), {7: "ball"}, fps=25) == ["ytvis.json"]
+    data = json.loads((out / "ytvis.json").read_text())
+    assert data["videos"] == [{"id": 1, "width": 80, "height": 60, "length": 5, "file_names": list(folder.names)}]
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    assert sorted(names.values()) == ["ball", "object"]
+    masks = [read_mask(out / "masks" / f"{folder.stem(i)}.png") for i in range(len(folder))]
+    assert [a["track_id"] for a in data["annotations"]] == [1, 7]
+    for a in data["annotations"]:
+        assert names[a["category_id"]] == ("ball" if a["track_id"] == 7 else "object")
+        assert len(a["segmentations"]) == len(a["bboxes"]) == len(a["areas"]) == 5
+        for i, seg in enumerate(a["segmentations"]):
+            m = masks[i] == a["track_id"]
+            if not m.any():
+                assert seg is None and a["areas"][i] is None
+                continue
+            decoded = rle.decode({"size": seg["size"], "counts": seg["counts"].encode()})
+            assert np.array_equal(decoded.astype(bool), m) and a["areas"][i] == int(m.sum())
+
+
 def test_yolo_seg_labels_load_in_ultralytics(tmp_path: Path):
     from ultralytics.data.utils import verify_image_label
 

@@ -6,11 +6,13 @@ checkpoints and every other format are built on it.
 
 - coco: coco.json with one image per frame, compressed RLE per object and frame, bbox, area and
   `track_id` (the object id); categories are the detector's classes where known, else "object".
+- ytvis: ytvis.json, the YouTube-VIS video layout: one video (its frame names, size, length) and one
+  annotation per object with a compressed RLE, bbox and area per frame (null where it is absent).
 - yolo-seg: labels/<frame stem>.txt, one line per object (class index and the normalised polygon of
   its largest outer contour), and data.yaml naming the classes.
 - keep-mask: keep/<frame stem>.png, 255 where no object is and 0 on every object (the static scene).
 - mask-video: masks.mkv, lossless FFV1 in 8-bit grey, pixel value = object id, one video frame per
-  frame at output.preview_fps.
+  frame on a video input's own timeline, else at output.preview_fps.
 
 Matting jobs only:
 - png16: alpha16/<frame stem>.png, 16-bit alpha from the unrounded matte; written per frame by the
@@ -32,9 +34,10 @@ from core.errors import ConfigError
 from core.frames import FrameFolder
 from core.outputs.masks import read_mask
 
-FORMATS = ("png", "coco", "yolo-seg", "keep-mask", "mask-video", "png16", "prores")
+FORMATS = ("png", "coco", "ytvis", "yolo-seg", "keep-mask", "mask-video", "png16", "prores")
 MATTING_FORMATS = ("png16", "prores")
 COCO_FILE = "coco.json"
+YTVIS_FILE = "ytvis.json"
 LABELS_DIR = "labels"
 KEEP_DIR = "keep"
 MASK_VIDEO = "masks.mkv"
@@ -55,11 +58,11 @@ def check_formats(formats: tuple[str, ...] | list[str], mode: str | None = None,
     if matting and mode is not None and mode != "matting":
         raise ConfigError(f"{where} asks for {', '.join(repr(f) for f in matting)}, which hold alpha mattes, but this "
                           f"job runs in {mode} mode; use them with matting mode (or leave them out)")
-    if "coco" in formats:
+    if "coco" in formats or "ytvis" in formats:
         try:
             import pycocotools.mask  # noqa: F401
         except ImportError as e:
-            raise ConfigError(f'{where} asks for "coco", which needs pycocotools: `.venv/bin/pip install '
+            raise ConfigError(f'{where} asks for "coco" or "ytvis", which need pycocotools: `.venv/bin/pip install '
                               'pycocotools`') from e
     if "mask-video" in formats or "prores" in formats:
         try:
@@ -91,6 +94,8 @@ def write_formats(root: Path, folder: FrameFolder, formats: tuple[str, ...], cla
     writers = []
     if "coco" in wanted:
         writers.append(_Coco(root, folder, classes))
+    if "ytvis" in wanted:
+        writers.append(_Ytvis(root, folder, classes))
     if "yolo-seg" in wanted:
         writers.append(_YoloSeg(root, folder, classes))
     if "keep-mask" in wanted:
@@ -159,6 +164,49 @@ class _Coco:
                 "images": self.images, "annotations": self.annotations,
                 "categories": [{"id": ids[n], "name": n} for n in names]}
         (self.root / COCO_FILE).write_text(json.dumps(data), encoding="utf-8")
+
+
+def _rle(rle, mask: np.ndarray) -> tuple[dict, int, list[float]]:
+    """Compressed COCO RLE of a binary mask (counts as text), its area and bbox."""
+    encoded = rle.encode(np.asfortranarray(mask.astype(np.uint8)))
+    seg = {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
+    return seg, int(rle.area(encoded)), [float(v) for v in rle.toBbox(encoded)]
+
+
+class _Ytvis:
+    """ytvis.json: one video and, per object, its masks over every frame (YouTube-VIS / SA-V style)."""
+
+    def __init__(self, root: Path, folder: FrameFolder, classes: dict[int, str]):
+        from pycocotools import mask as rle
+
+        self.rle, self.root, self.folder, self.classes = rle, root, folder, classes
+        self.tracks: dict[int, dict[int, tuple]] = {}
+        self.made = [YTVIS_FILE]
+
+    def frame(self, i: int, id_map: np.ndarray) -> None:
+        for obj in np.unique(id_map):
+            if obj != 0:
+                self.tracks.setdefault(int(obj), {})[i] = _rle(self.rle, id_map == obj)
+
+    def close(self) -> None:
+        n = len(self.folder)
+        names = sorted({self.classes.get(o, UNKNOWN_CLASS) for o in self.tracks}) or [UNKNOWN_CLASS]
+        ids = {name: k + 1 for k, name in enumerate(names)}
+        annotations = []
+        for obj in sorted(self.tracks):
+            per = self.tracks[obj]
+            annotations.append({
+                "id": obj, "video_id": 1, "track_id": obj, "iscrowd": 0,
+                "category_id": ids[self.classes.get(obj, UNKNOWN_CLASS)],
+                "segmentations": [per[i][0] if i in per else None for i in range(n)],
+                "areas": [per[i][1] if i in per else None for i in range(n)],
+                "bboxes": [per[i][2] if i in per else None for i in range(n)],
+            })
+        video = {"id": 1, "width": self.folder.width, "height": self.folder.height, "length": n,
+                 "file_names": list(self.folder.names)}
+        data = {"info": {"description": "reelmask masks", "version": "1.0"}, "videos": [video],
+                "annotations": annotations, "categories": [{"id": ids[n], "name": n} for n in names]}
+        (self.root / YTVIS_FILE).write_text(json.dumps(data), encoding="utf-8")
 
 
 class _YoloSeg:
