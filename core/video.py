@@ -26,7 +26,11 @@ import numpy as np
 
 from core.errors import FrameFolderError
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
+# The demuxer is chosen by the file's suffix, never by probing its content: FFmpeg's probing would also
+# open playlists and concat scripts (a text file named clip.mp4), which read other files and URLs.
+DEMUXERS = {".mp4": "mov", ".mov": "mov", ".m4v": "mov", ".mkv": "matroska", ".webm": "matroska", ".avi": "avi"}
+VIDEO_SUFFIXES = set(DEMUXERS)
+_KINDS = {"mov": "MP4/QuickTime", "matroska": "Matroska/WebM", "avi": "AVI"}
 ON_DAMAGE = ("fail", "truncate")
 
 
@@ -47,6 +51,12 @@ def _av():
         raise FrameFolderError("reading video files needs PyAV: pip install av") from e
     av.logging.set_level(av.logging.PANIC)  # FFmpeg's own console chatter; our errors say what went wrong
     return av
+
+
+def _open(path: Path):
+    """The container of `path`, with the demuxer its suffix names and local files only."""
+    return _av().open(str(path), format=DEMUXERS[path.suffix.lower()], metadata_errors="ignore",
+                      options={"protocol_whitelist": "file"})
 
 
 def _when(pts: int | None, time_base: Fraction) -> str:
@@ -100,11 +110,12 @@ def probe_video(path: Path, *, max_frames: int, max_pixels: int, on_damage: str 
     av = _av()
     name = path.name
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        container = _open(path)
     except (av.error.FFmpegError, OSError, ValueError) as e:
         raise FrameFolderError(
-            f"video {name} cannot be opened ({_reason(e)}); it may be truncated (still being copied?) or not a "
-            "video: copy it again whole, or re-export it") from None
+            f"video {name} cannot be opened ({_reason(e)}); it may be truncated (still being copied?), not a "
+            f"video, or another container than its suffix says ({path.suffix} is read as "
+            f"{_KINDS[DEMUXERS[path.suffix.lower()]]}): copy it again whole, rename it, or re-export it") from None
     try:
         if not container.streams.video:
             raise FrameFolderError(f"{name} holds no video stream; give a video file, or a folder of frames")
@@ -239,7 +250,7 @@ def _first_picture(path: Path, index: int, name: str) -> tuple[int, str, tuple[i
     av = _av()
     why = "the file holds no decodable picture"
     try:
-        with av.open(str(path), metadata_errors="ignore") as c:
+        with _open(path) as c:
             for frame in _pictures(c, c.streams[index]):
                 return int(round(frame.rotation or 0)) % 360, frame.format.name, (frame.height, frame.width)
     except (av.error.FFmpegError, _DecodeError) as e:
@@ -253,7 +264,7 @@ def _decodable(path: Path, index: int, name: str) -> tuple[list[int], str]:
     av = _av()
     stamps: list[int] = []
     try:
-        with av.open(str(path), metadata_errors="ignore") as c:
+        with _open(path) as c:
             stream = c.streams[index]  # no frame threading: after an error it would lose the frames it held
             for frame in _pictures(c, stream):
                 stamp = frame.pts if frame.pts is not None else frame.dts
@@ -342,7 +353,7 @@ class _Decoder:
         key = info.keyframes[max(0, bisect.bisect_right(info.keyframes, index) - 1)]
         if self.container is None:
             try:
-                self.container = av.open(str(info.path), metadata_errors="ignore")
+                self.container = _open(info.path)
             except (av.error.FFmpegError, OSError) as e:
                 raise FrameFolderError(f"video {info.path.name} cannot be opened any more ({_reason(e)}); was it "
                                        "moved or changed while the job ran?") from None

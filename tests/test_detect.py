@@ -217,6 +217,12 @@ def test_yolo_dataset_from_masks(tmp_path: Path):
     assert (tmp_path / "ds" / "labels" / "val" / "000001.txt").read_text() == ""
     assert (tmp_path / "ds" / "images" / "train" / "000000.jpg").resolve() == frame.resolve()
     assert "0: dog" in ds.write_yaml().read_text()
+    picture = np.zeros((40, 80, 3), np.uint8)  # a video's frame is no file: it is written as a PNG
+    picture[:, :, 0] = 200
+    ds.add(2, picture, ids)
+    written = cv2.imread(str(tmp_path / "ds" / "images" / "train" / "000002.png"))
+    assert not (tmp_path / "ds" / "images" / "train" / "000002.png").is_symlink()
+    assert np.array_equal(cv2.cvtColor(written, cv2.COLOR_BGR2RGB), picture)
 
 
 def test_self_training_then_detecting(tmp_path: Path, model_pool):

@@ -179,6 +179,21 @@ def test_not_a_video_and_limits(tmp_path: Path):
         FrameFolder.open_video(path, limits=LimitsConfig(max_frame_pixels=5000))
 
 
+def test_the_suffix_chooses_the_demuxer_never_the_content(tmp_path: Path):
+    """FFmpeg's content probing would open a concat script or a playlist named clip.mp4, which read other
+    files; reelmask opens .mp4 only as MP4, so such a file is refused and nothing it names is read."""
+    encode(tmp_path / "secret.mkv", synthetic(3), codec="ffv1", pix_fmt="bgr0")
+    (tmp_path / "concat.mp4").write_text("ffconcat version 1.0\nfile secret.mkv\n")
+    (tmp_path / "list.mp4").write_text(f"#EXTM3U\n#EXTINF:1,\nfile://{tmp_path / 'secret.mkv'}\n#EXT-X-ENDLIST\n")
+    for name in ("concat.mp4", "list.mp4"):
+        with pytest.raises(FrameFolderError, match=rf"{name} cannot be opened .*\.mp4 is read as MP4/QuickTime"):
+            FrameFolder.open_video(tmp_path / name)
+    mkv_named_mp4 = tmp_path / "wrong.mp4"
+    (tmp_path / "secret.mkv").rename(mkv_named_mp4)
+    with pytest.raises(FrameFolderError, match="another container than its suffix says"):
+        FrameFolder.open_video(mkv_named_mp4)
+
+
 def test_what_a_folder_with_videos_is(tmp_path: Path):
     two = tmp_path / "two"
     two.mkdir()
