@@ -237,3 +237,26 @@ def test_a_bare_file_that_is_no_video_fails_into_failed(tmp_path: Path):
     assert job["name"] == "broken" and "broken.mp4 cannot be opened" in job["error"]
     assert (root / "failed" / "broken" / "broken.mp4").is_file()
     assert "cannot be opened" in (root / "failed" / "broken" / "error.txt").read_text()
+
+
+def test_matting_a_video_folder_equals_its_frames_and_keeps_its_timeline(tmp_path: Path):
+    """Matting mode on an FFV1 video with masks/ named by output frame: the mattes equal those of the same
+    frames as PNGs, and alpha.mov (ProRes 4444) carries the source's irregular timestamps."""
+    from tests.test_matting_mode import soft_clip
+
+    frames_dir, _ = soft_clip(tmp_path / "frames", n=4)
+    rgb = read_rgb_frames(sorted(frames_dir.glob("*.png")))
+    video_dir = tmp_path / "video"
+    shutil.copytree(frames_dir / "masks", video_dir / "masks")
+    stamps = [0, 100, 150, 400]
+    encode(video_dir / "soft.mkv", rgb, codec="ffv1", pix_fmt="bgr0", pts=stamps, time_base=Fraction(1, 1000))
+    c = cfg('output.formats=["png", "prores"]')
+    list(run_job(prepare_job(frames_dir, c, mode="matting"), tmp_path / "out-frames"))
+    manifest = list(run_job(prepare_job(video_dir, c, mode="matting"), tmp_path / "out-video"))[-1].manifest
+    assert manifest["mode"] == "matting" and manifest["source"]["codec"] == "ffv1"
+    for i in range(4):
+        a = np.asarray(Image.open(tmp_path / "out-frames" / "alpha" / f"{i:05d}.png"))
+        b = np.asarray(Image.open(tmp_path / "out-video" / "alpha" / f"{i:05d}.png"))
+        assert np.array_equal(a, b), i
+    with av.open(str(tmp_path / "out-video" / "alpha.mov")) as mov:
+        assert [round(float(f.pts * f.time_base) * 1000) for f in mov.decode(video=0)] == stamps
