@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -41,6 +42,71 @@ def _trust_arg(p: argparse.ArgumentParser) -> None:
                         "(without this, only job-scope keys; see README, Security)")
 
 
+class _LiveBar:
+    """`run`'s progress on a terminal: one live bar with frames/s and ETA."""
+
+    def __init__(self, console, label: str, total: int, quiet: bool):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.console, self.label = console, label
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("frames {task.fields[fps]} fps"), TimeElapsedColumn(), TextColumn("ETA"),
+                   TimeRemainingColumn()]
+        self.bar = Progress(*columns, console=console, transient=False, disable=quiet)
+        self.task = self.bar.add_task(label, total=total, fps="-")
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def say(self, text: str) -> None:
+        self.console.print(text)
+
+    def frame(self) -> None:
+        self.bar.advance(self.task)
+        t = self.bar.tasks[0]
+        speed = t.finished_speed or t.speed
+        self.bar.update(self.task, fps=f"{speed:.1f}" if speed else "-")
+
+    def stage(self, what: str) -> None:
+        self.bar.update(self.task, description=f"{self.label} · {what}")
+
+
+class _PlainLines:
+    """`run`'s progress when stderr is a pipe or a file: a plain line at every stage and every 10% of the
+    frames, as they happen (a live bar would only draw at the end)."""
+
+    def __init__(self, console, label: str, total: int, quiet: bool):
+        self.console, self.label, self.total, self.quiet = console, label, total, quiet
+        self.done, self.next_tenth, self.t0 = 0, 1, time.monotonic()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def say(self, text: str) -> None:
+        self.console.print(text, soft_wrap=True)
+
+    def frame(self) -> None:
+        self.done += 1
+        if self.quiet or self.done * 10 < self.next_tenth * self.total:
+            return
+        while self.done * 10 >= self.next_tenth * self.total:
+            self.next_tenth += 1
+        fps = self.done / max(time.monotonic() - self.t0, 1e-9)
+        self.console.print(f"{self.label}: {self.done}/{self.total} frames ({fps:.1f} frames/s)", soft_wrap=True)
+
+    def stage(self, what: str) -> None:
+        if not self.quiet:
+            self.console.print(f"{self.label}: {what}", soft_wrap=True)
+
+
 def _job_name(src: Path) -> str:
     """A folder's name, or a video file's stem."""
     src = src.resolve()
@@ -57,8 +123,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     example: reelmask run clips/dog --out results/dog --mode track --set models.image_size=512
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from core.engine.events import ChunkStarted, EngineWarning, FrameResult, Phase
     from core.pipeline import JobFinished, JobStarted, prepare_job, run_job
 
@@ -67,35 +131,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else cfg.path(cfg.paths.outbox) / _job_name(src)
     job = prepare_job(src, cfg, mode=args.mode, trusted=args.trust_folder)
     console = stderr_console()
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("frames {task.fields[fps]} fps"), TimeElapsedColumn(), TextColumn("ETA"),
-               TimeRemainingColumn()]
+    label = f"{job.choice.mode.value} {src.name}"
+    show = _LiveBar(console, label, len(job.folder), args.quiet) if console.is_terminal else \
+        _PlainLines(console, label, len(job.folder), args.quiet)
     finished = None
-    with Progress(*columns, console=console, transient=False, disable=args.quiet) as bar:
-        task = bar.add_task(f"{job.choice.mode.value} {src.name}", total=len(job.folder), fps="-")
+    with show:
         for event in run_job(job, out):
             if isinstance(event, JobStarted):
-                console.print(f"[dim]{event.frames_total} frames, {event.chunks} chunk(s), "
-                              f"mode {event.mode.value} ({job.choice.reason})")
+                show.say(f"[dim]{event.frames_total} frames, {event.chunks} chunk(s), "
+                         f"mode {event.mode.value} ({job.choice.reason})")
             elif isinstance(event, FrameResult):
-                bar.advance(task)
-                t = bar.tasks[0]
-                speed = t.finished_speed or t.speed
-                bar.update(task, fps=f"{speed:.1f}" if speed else "-")
+                show.frame()
             elif isinstance(event, ChunkStarted):
-                bar.update(task, description=f"{job.choice.mode.value} {src.name} · chunk {event.chunk} {event.sweep}")
+                show.stage(f"chunk {event.chunk} {event.sweep}")
             elif isinstance(event, EngineWarning):
-                console.print(f"[yellow]warning:[/] {event.message}")
+                show.say(f"[yellow]warning:[/] {event.message}")
             elif isinstance(event, Phase):
-                console.print(f"[cyan]{event.name}[/]")
-                bar.update(task, description=f"{job.choice.mode.value} {src.name} · {event.name.split(' (')[0]}")
+                show.say(f"[cyan]{event.name}[/]")
+                show.stage(event.name.split(" (")[0])
             elif isinstance(event, JobFinished):
                 finished = event
     if finished is None:
         return 1
     m = finished.manifest
     for w in m["warnings"]:
-        console.print(f"[bold yellow]warning:[/] {w}")
+        console.print(f"[bold yellow]warning:[/] {w}", soft_wrap=not console.is_terminal)
     print(f"{m['frames']} masks written to {finished.output} "
           f"({m['mode']}, {m['timings']['frames_per_second']} frames/s)")
     return 0
@@ -161,23 +221,30 @@ def cmd_models(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------- config
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--defaults", action="store_true", help="print the built-in defaults as config.toml")
+    p.add_argument("--defaults", action="store_true", help="print the built-in defaults as config.toml, with comments")
+    p.add_argument("--json", action="store_true", help="print the effective configuration as plain JSON")
 
 
 @command(_config_args)
 def cmd_config(args: argparse.Namespace) -> int:
-    """Print the effective configuration (or the shipped defaults with --defaults) as TOML.
+    """Print the effective configuration as TOML (--json: plain JSON; --defaults: the shipped config.toml).
 
-    example: reelmask config --set chunking.chunk_size=50
+    The TOML output is a valid config file (its first line, a comment, says where the values came from).
+
+    example: reelmask config --set chunking.chunk_size=50 > my-config.toml
     """
+    from core.config import render_effective
+
     if args.defaults:
         sys.stdout.write(render_toml())
         return 0
     cfg = config_from_args(args)
-    import json
+    if args.json:
+        import json
 
-    print(f"# from: {cfg.source}")
-    print(json.dumps(cfg.to_dict(), indent=2))
+        sys.stdout.write(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    else:
+        sys.stdout.write(render_effective(cfg))
     return 0
 
 
@@ -348,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="sam2")
     try:
         return COMMANDS[args.command][0](args)
+    except BrokenPipeError:  # `reelmask ... | head`: the reader has gone, which is not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
     except Cancelled:
         print("reelmask: cancelled", file=sys.stderr)
         return 130

@@ -616,6 +616,24 @@ def _toml_value(value: Any) -> str:
 _TYPE_WORDS = {bool: "bool", int: "int", float: "float", str: "str"}
 
 
+def render_effective(cfg: Config) -> str:
+    """`cfg` as config.toml text: every key's value (defaults included), the inbox tables last."""
+    lines = [f"# effective reelmask configuration, from: {cfg.source}"]
+    tables: list[str] = []
+    for sname in SECTIONS:
+        lines += ["", f"[{sname}]"]
+        section = getattr(cfg, sname)
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if f.name == "inbox" and sname == "paths":
+                for spec in value:
+                    tables += ["", "[[paths.inbox]]", f"path = {_toml_value(spec.path)}",
+                               f"mode = {_toml_value(spec.mode)}", f"trusted = {_toml_value(spec.trusted)}"]
+                continue
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(lines + tables) + "\n"
+
+
 def render_toml() -> str:
     """The shipped config.toml: every key with its default and a `# (type) meaning` comment."""
     lines = [

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import importlib.metadata
 import re
 import sys
@@ -94,6 +95,48 @@ def test_service_unit_runs_the_reelmask_script(tmp_path: Path, monkeypatch):
 def test_config_defaults_prints_shipped_file(capsys):
     assert main(["config", "--defaults"]) == 0
     assert capsys.readouterr().out == (ROOT / "config.toml").read_text()
+
+
+def test_config_prints_a_config_file_or_plain_json(capsys, tmp_path):
+    import tomllib
+
+    from core.config import load_config
+
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('[chunking]\nchunk_size = 40\n[[paths.inbox]]\npath = "in/m"\nmode = "matting"\n')
+    assert main(["config", "--config", str(cfg_file), "--set", "detect.classes=[\"dog\"]"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"# effective reelmask configuration, from: {cfg_file}")
+    (tmp_path / "again.toml").write_text(text)  # what it prints is a config file that gives the same config
+    again = load_config(tmp_path / "again.toml", [], use_default_path=False)
+    assert again.chunking.chunk_size == 40 and again.detect.classes == ("dog",)
+    assert again.paths.inbox[0].mode == "matting" and tomllib.loads(text)["paths"]["inbox"][0]["path"] == "in/m"
+    assert main(["config", "--config", str(cfg_file), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["chunking"]["chunk_size"] == 40  # plain JSON, no comment line
+
+
+def test_piped_config_and_run_output(tmp_path):
+    """Output to a reader that has gone ends quietly (no BrokenPipeError); a `run` whose stderr is a pipe
+    reports each stage and every 10% of the frames as plain lines instead of a live bar."""
+    import os
+    import subprocess
+
+    from tests.conftest import FAST, make_clip, point_prompt, reelmask_command
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    r = subprocess.run([*reelmask_command(), "config", "--defaults"], stdout=write, stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    assert r.returncode == 141 and r.stderr == ""
+    clip = make_clip(tmp_path / "clip", n=10, prompts={"objects": [point_prompt()]})
+    r = subprocess.run([*reelmask_command(), "run", str(clip), "--out", str(tmp_path / "out"),
+                        *[f"--set={s}" for s in FAST], "--set=chunking.chunk_size=5"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert "track clip: chunk 0 forward" in lines and "track clip: chunk 1 forward" in lines
+    progress = [line for line in lines if re.fullmatch(r"track clip: \d+/10 frames \([\d.]+ frames/s\)", line)]
+    assert len(progress) == 10 and progress[-1].startswith("track clip: 10/10")
+    assert not any(line.startswith(" ") for line in lines)  # long lines are not wrapped at 80 columns
 
 
 def test_models_list_runs_offline(capsys, tmp_path):

@@ -46,7 +46,10 @@ def read_state_dict(path: Path) -> dict:
             raise ModelError(f"checkpoint {path} refers to {refused.group(1)}, which is not part of model weights; "
                              "reelmask loads checkpoints as weights only, never as code: use the official file "
                              "(`reelmask models pull` or `reelmask models import`)") from None
-        raise ModelError(f"cannot load checkpoint {path}: {str(e).splitlines()[0][:300]}") from e
+        text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(e)).strip()  # torch colours parts of its messages
+        first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+        raise ModelError(f"{path} is not a PyTorch checkpoint reelmask can read as weights ({first[:200]}); "
+                         "check that it is the file you meant (a .pt saved by torch.save)") from None
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if not isinstance(data, dict):

@@ -197,8 +197,8 @@ def _check_architecture(path: Path, variant: Sam2Variant) -> None:
 
     found = variant_from_state_dict(read_state_dict(path))
     if found is None or found.name != variant.name:
-        what = found.name if found else "not a SAM2 checkpoint"
-        raise ModelError(f"{path.name} holds {what}, not {variant.name}; check the file or the --name given")
+        what = f"holds {found.name}" if found else "is not a SAM2 checkpoint (its weights have other names)"
+        raise ModelError(f"{path.name} {what}, not {variant.name}; check the file or the --name given")
 
 
 # ---------------------------------------------------------------- resolving a config
