@@ -289,45 +289,106 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job_id", nargs="?", metavar="ID", help="show this one job whole (an id or a unique prefix)")
     p.add_argument("--json", action="store_true", help='machine-readable: {"jobs": [...]}')
     p.add_argument("--state", action="append", help="only jobs in this state (repeatable)")
+    p.add_argument("--wide", action="store_true", help="every column, whole ids and names, however wide")
 
 
 @command(_status_args)
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show the job queue: id, name, mode, state, progress, error.
+    """Show the job queue (one line per job, errors in full below it), or one job whole.
 
-    Reads the state database (paths.db) read-only: it never creates or upgrades it, so a daemon
-    must have started once with this config; a daemon's locks never block it.
+    Ids are shown with 8 characters (any unique prefix works in cancel, retry and status ID). Reads the
+    state database (paths.db) read-only: it never creates or upgrades it, so a daemon must have started
+    once with this config; a daemon's locks never block it.
 
-    example: reelmask status --json --state failed
+    example: reelmask status --state failed      reelmask status 3f2a9c1d      reelmask status --json
     """
     import json
+    import shutil
     import sqlite3
 
     cfg = config_from_args(args)
     store = open_store(cfg, "read")
     try:
-        jobs, paused = store.jobs(args.state), store.setting("paused") == "1"
+        if args.job_id:
+            job = _job(store, args.job_id)
+            events = store.events(limit=50, job_id=job.id)
+        else:
+            jobs, paused = store.jobs(args.state), store.setting("paused") == "1"
     except sqlite3.Error as e:
         raise store.explain(e) from e
     finally:
         store.close()
+    if args.job_id:
+        if args.json:
+            print(json.dumps({**job.status(), "origin": job.origin_path, "error_detail": job.error_detail,
+                              "events": events}, indent=2))
+        else:
+            sys.stdout.write(_job_whole(job, events))
+        return 0
     if args.json:
         print(json.dumps({"jobs": [j.status() for j in jobs], "paused": paused}, indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    width = 10_000 if args.wide else max(60, shutil.get_terminal_size((80, 24)).columns)
+    sys.stdout.write(_queue_text(jobs, paused, str(cfg.path(cfg.paths.db)), width, args.wide))
+    return 0
 
-    table = Table(title=f"reelmask queue ({cfg.path(cfg.paths.db)})" + (" [PAUSED]" if paused else ""))
-    for col in ("id", "name", "kind", "mode", "state", "frames", "fps", "error"):
-        table.add_column(col, overflow="fold")
+
+def _queue_text(jobs: list, paused: bool, db: str, width: int, wide: bool) -> str:
+    """One line per job within `width` columns; an error on its own indented lines, in full."""
+    title = f"reelmask queue: {len(jobs)} job{'s' if len(jobs) != 1 else ''}" + (" (PAUSED)" if paused else "")
+    lines = [title + ("" if wide else f"  [{db}]" if len(title) + len(db) + 4 <= width else "")]
+    cols = ["id", "state", "mode", "frames", "fps"] + (["kind", "worker", "node", "tries"] if wide else []) + ["name"]
+    rows = []
     for j in jobs:
         frames = f"{j.frames_done}/{j.frames_total}" if j.frames_total else "-"
-        table.add_row(j.id, j.name, j.kind, j.mode or "-", j.state, frames, f"{j.fps:.1f}" if j.fps else "-",
-                      (j.error or "")[:80])
-    Console().print(table)
-    return 0
+        row = [j.id if wide else j.id[:8], j.state, j.mode or (j.kind if j.kind != "segment" else "-"), frames,
+               f"{j.fps:.1f}" if j.fps else "-"]
+        if wide:
+            row += [j.kind, j.worker or "-", j.node or "-", str(j.attempts)]
+        rows.append((row + [j.name], j))
+    sizes = [max([len(c)] + [len(r[i]) for r, _ in rows]) for i, c in enumerate(cols[:-1])]
+    fmt = "  ".join(f"{{:<{n}}}" for n in sizes)
+    fixed = sum(sizes) + 2 * len(sizes)
+    room = max(8, width - fixed)
+
+    def fit(name: str) -> str:
+        return name if wide or len(name) <= room else name[: room - 1] + "\u2026"
+
+    lines.append(fmt.format(*cols[:-1]) + "  " + cols[-1])
+    for row, j in rows:
+        lines.append(fmt.format(*row[:-1]) + "  " + fit(row[-1]))
+        if j.error:
+            wrapped = textwrap.wrap(" ".join(j.error.split()), width=max(20, width - 4)) if not wide else [j.error]
+            lines += ["    " + w for w in wrapped]
+    return "\n".join(lines) + "\n"
+
+
+def _job_whole(job, events: list[dict]) -> str:
+    """`reelmask status ID`: every field of one job, its error with details, and its log lines."""
+    fields = [("id", job.id), ("name", job.name), ("kind", job.kind), ("mode", job.mode or "-"),
+              ("state", job.state), ("frames", f"{job.frames_done}/{job.frames_total}" if job.frames_total else "-"),
+              ("frames/s", f"{job.fps:.2f}" if job.fps else "-"), ("attempts", str(job.attempts)),
+              ("resumed from frame", "-" if job.resumed_from_frame is None else str(job.resumed_from_frame)),
+              ("worker", job.worker or "-"), ("node", job.node or "-"), ("source", job.source),
+              ("dropped at", job.origin_path), ("input now", job.input_path), ("output", job.output_path or "-"),
+              ("created", job.created_at), ("started", job.started_at or "-"), ("finished", job.finished_at or "-")]
+    sets = job.option_values.get("sets")
+    if sets:
+        fields.append(("settings", " ".join(sets)))
+    out = [f"{k + ':':<20}{v}" for k, v in fields]
+    if job.error:
+        out += ["", "error:", textwrap.indent(job.error.strip(), "  ")]
+    if job.error_detail:
+        out += ["", "details:", textwrap.indent(job.error_detail.strip(), "  ")]
+    warned = [e for e in events if e["level"] == "warning"]
+    if warned:
+        out += ["", "warnings:"] + [f"  {e['message']}" for e in warned]
+    if events:
+        out += ["", "log:"] + [f"  {e['ts']}  {e['level']:<7} {e['message']}" for e in events]
+    return "\n".join(out) + "\n"
 
 
 def _id_args(p: argparse.ArgumentParser) -> None:

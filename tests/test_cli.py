@@ -175,3 +175,35 @@ def test_ci_installs_exactly_as_the_readme_says():
     install = next(line for line in ci.splitlines() if line.startswith("python3 -m venv"))
     assert install in readme
     assert ".venv/bin/python -m pytest -q" in readme and ".venv/bin/python -m pytest -q" in ci
+
+
+def test_status_fits_80_columns_with_errors_in_full(tmp_path, capsys, monkeypatch):
+    from core.store import JobState, Store
+
+    db = tmp_path / "state.db"
+    store = Store(db)
+    long_name = "a-very-long-folder-name-from-someone-elses-camera-2026-12-04-take-7"
+    failed = store.add_job(long_name, "/inbox/x")
+    error = ("prompts.json: object 2 (objects[1]): point [900, 20] on frame 0 is outside the 854x480 frame; "
+             "fix the point, then run `reelmask retry` to run the folder again")
+    store.finish_job(failed, JobState.FAILED, error=error, detail="Traceback: the details")
+    running = store.add_job("dog", "/inbox/dog", mode="track")
+    store.log("warning", "dog: SAM2 runs with RANDOM weights", running)
+    store.close()
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["status", "--set", f"paths.db={db}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    rows = [line for line in lines if line.startswith((failed[:8], running[:8]))]
+    assert len(rows) == 2 and all(not line.startswith(failed) for line in rows)  # 8-character ids
+    assert rows[0].split()[0] == running[:8] or rows[1].split()[0] == running[:8]
+    shown = " ".join(line.strip() for line in lines if line.startswith("    "))
+    assert shown == error  # the whole error, on its own indented lines
+    assert main(["status", "--wide", "--set", f"paths.db={db}"]) == 0
+    wide = capsys.readouterr().out
+    assert failed in wide and long_name in wide and error in wide
+    assert main(["status", failed[:6], "--set", f"paths.db={db}"]) == 0
+    whole = capsys.readouterr().out
+    assert f"id:                 {failed}" in whole and "Traceback: the details" in whole and error in whole
+    assert main(["status", running, "--set", f"paths.db={db}"]) == 0
+    assert "warnings:\n  dog: SAM2 runs with RANDOM weights" in capsys.readouterr().out
