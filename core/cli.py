@@ -313,8 +313,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = open_store(cfg, "read")
     try:
         if args.job_id:
+            from core.store import since_retry
+
             job = _job(store, args.job_id)
-            events = store.events(limit=50, job_id=job.id)
+            events = since_retry(store.events(limit=200, job_id=job.id))
         else:
             jobs, paused = store.jobs(args.state), store.setting("paused") == "1"
     except sqlite3.Error as e:
@@ -395,14 +397,14 @@ def _id_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("job_id", metavar="ID", help="job id (or a unique prefix of it)")
 
 
-def _request(args: argparse.Namespace, kind: str) -> int:
+def _request(args: argparse.Namespace, kind: str, payload: dict | None = None) -> int:
     """Queue a command about one job for the daemon."""
     import sqlite3
 
     store = open_store(config_from_args(args), "write")
     try:
         job = _job(store, args.job_id)
-        store.add_command(kind, job.id)
+        store.add_command(kind, job.id, payload)
     except sqlite3.Error as e:
         raise store.explain(e) from e
     finally:
@@ -422,11 +424,19 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 @command(_id_args)
 def cmd_retry(args: argparse.Namespace) -> int:
-    """Ask the daemon to queue a failed or cancelled job again.
+    """Ask the daemon to queue a failed or cancelled job again, optionally with other settings.
 
-    example: reelmask retry 3f2a
+    --set key=value (repeatable) changes settings for this job from now on: they are recorded on the job
+    (`reelmask status ID` shows them) and apply to every later run of it, over its folder's job.toml.
+
+    example: reelmask retry 3f2a --set models.image_size=512 --set 'output.formats=["png","coco"]'
     """
-    return _request(args, "retry")
+    sets = list(args.set or ())
+    if sets:
+        from core.config import parse_sets, with_overrides
+
+        with_overrides(config_from_args(args), parse_sets(sets), "reelmask retry --set")  # a typo fails here
+    return _request(args, "retry", {"sets": sets} if sets else None)
 
 
 # ------------------------------------------------------------------------- parser

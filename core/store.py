@@ -49,6 +49,15 @@ class JobState(str, enum.Enum):
 ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value, JobState.INTERRUPTED.value)
 
 
+RETRY_MARK = "queued again (retry)"  # the event that starts a job's records afresh
+
+
+def since_retry(events: list[dict]) -> list[dict]:
+    """A job's events after its latest retry: earlier warnings and errors belong to runs that are over."""
+    marks = [i for i, e in enumerate(events) if e["message"].endswith(RETRY_MARK)]
+    return events[marks[-1]:] if marks else events
+
+
 class CommandKind(str, enum.Enum):
     CANCEL = "cancel"
     RETRY = "retry"
@@ -282,6 +291,8 @@ class Store:
         job_id = job_id or uuid.uuid4().hex[:12]
         now = utc_now()
         path = str(input_path)
+        if mode and kind == "segment":  # the row's mode becomes the chosen one; what was asked for stays here
+            options = {**(options or {}), "requested_mode": mode}
         row = {
             "id": job_id, "name": name, "kind": kind, "mode": mode,
             "state": JobState.FAILED.value if refused else JobState.QUEUED.value,

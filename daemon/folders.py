@@ -92,7 +92,8 @@ def park_failed(current: Path, failed: Path, name: str) -> Path:
     if current.is_symlink() or not current.is_dir():
         holder = unique_path(failed, name)
         holder.mkdir(parents=True)
-        move_folder(current, holder, name)
+        # a lone file (a bare video) keeps its own name, suffix included; a link goes in under the job's name
+        move_folder(current, holder, name if current.is_symlink() else safe_name(current.name))
         return holder
     return move_folder(current, failed, name)
 
@@ -105,6 +106,7 @@ class Filed:
     moved_to: Path | None
     reason: str
     detail: str
+    error_file: Path | None = None
 
 
 def file_failure(failed: Path, name: str, reason: str, detail: str, folder: Path | None = None) -> Filed:
@@ -117,12 +119,41 @@ def file_failure(failed: Path, name: str, reason: str, detail: str, folder: Path
         except MoveError as e:
             reason += f" The folder could not be moved to failed/ ({e}); it is still at {folder}."
     target = moved or unique_path(failed, name)
+    written = None
     try:
-        write_error(target, reason, detail)
+        written = write_error(target, reason, detail)
     except OSError as e:
         log.error("cannot write %s: %s", target / ERROR_FILE, e)
         detail += f"\n\nerror.txt could not be written into {target}: {e}"
-    return Filed(moved, reason, detail)
+    return Filed(moved, reason, detail, written)
+
+
+def record_error_file(store, job_id: str, filed: Filed) -> None:
+    """Keep where error.txt went on the job, so a retry can take it away."""
+    if filed.error_file is None:
+        return
+    import json
+
+    job = store.job(job_id)
+    options = {**(job.option_values if job else {}), "error_file": str(filed.error_file)}
+    store.update_job(job_id, options=json.dumps(options))
+
+
+def remove_error_file(path: str | None, failed: Path) -> None:
+    """On retry: the error.txt an earlier failure left under failed/ goes, and its folder with it when
+    nothing else is in it (a submitted job's failed/<name>/). Never raises; never leaves failed/."""
+    if not path:
+        return
+    file = Path(path)
+    try:
+        if file.name != ERROR_FILE or not file.resolve().is_relative_to(failed.resolve()) or file.is_symlink():
+            return
+        file.unlink(missing_ok=True)
+        holder = file.parent
+        if holder.resolve() != failed.resolve() and holder.is_dir() and not any(holder.iterdir()):
+            holder.rmdir()
+    except OSError as e:
+        log.warning("could not remove the earlier %s: %s", file, e)
 
 
 def write_error(folder: Path, reason: str, detail: str = "") -> Path:

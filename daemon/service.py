@@ -18,11 +18,11 @@ from pathlib import Path
 from core.config import Config
 from core.errors import ReelmaskError
 from core.state_lock import DaemonLock
-from core.store import CommandKind, JobState, Store
+from core.store import RETRY_MARK, CommandKind, JobState, Store
 from daemon.metrics import Sampler
 from daemon.watcher import Inbox, InboxWatcher, entry_signature
 from daemon.adopt import adopt_strays
-from daemon.folders import MoveError, file_failure, move_folder, safe_name
+from daemon.folders import MoveError, file_failure, move_folder, record_error_file, remove_error_file, safe_name
 from daemon.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ class Daemon:
             elif kind == CommandKind.CANCEL.value:
                 self._cancel(cmd.id, job)
             elif kind == CommandKind.RETRY.value:
-                self._retry(cmd.id, job)
+                self._retry(cmd.id, job, cmd.payload)
             elif kind == CommandKind.TRAIN.value:
                 self._train(cmd)
             elif kind in (CommandKind.PAUSE.value, CommandKind.RESUME.value):
@@ -220,6 +220,7 @@ class Daemon:
             filed = file_failure(self.cfg.path(self.cfg.paths.failed), job.name, reason,
                                  f"job {job.id}, input {job.origin_path}", current if owned else None)
         self.store.update_job(job.id, error=filed.reason, input_path=str(filed.moved_to or current))
+        record_error_file(self.store, job.id, filed)
         self.store.log("warning", f"{job.name}: cancelled", job.id)
         self.store.finish_command(cmd_id, "done")
 
@@ -238,7 +239,7 @@ class Daemon:
             return
         self.store.finish_command(cmd.id, "done", job_id)
 
-    def _retry(self, cmd_id: int, job) -> None:
+    def _retry(self, cmd_id: int, job, cmd_payload: dict | None = None) -> None:
         if job.state not in (JobState.FAILED.value, JobState.CANCELLED.value):
             self.store.finish_command(cmd_id, "rejected", f"job {job.id} is {job.state}; only failed or cancelled jobs retry")
             return
@@ -256,14 +257,19 @@ class Daemon:
                 return
             (current / "error.txt").unlink(missing_ok=True)
         self.store.clear_job_details(job.id)
-        if "workers_lost" in job.option_values:  # a retry starts the count of workers lost under it again
-            options = {k: v for k, v in job.option_values.items() if k != "workers_lost"}
+        # a retry starts the count of workers lost under it again, and its earlier error.txt goes
+        options = {k: v for k, v in job.option_values.items() if k not in ("workers_lost", "error_file")}
+        remove_error_file(job.option_values.get("error_file"), self.cfg.path(self.cfg.paths.failed))
+        sets = (cmd_payload or {}).get("sets") or []
+        if sets:  # other settings from now on, after the ones it had (later wins)
+            options["sets"] = [*options.get("sets", []), *[str(x) for x in sets]]
+        if options != job.option_values:
             self.store.update_job(job.id, options=json.dumps(options) if options else None)
         # a training run keeps its folder: the retry continues from its last.pt
         self.store.update_job(job.id, input_path=str(current),
                               output_path=job.output_path if job.kind == "train" else None)
         self.store.requeue(job.id)
-        self.store.log("info", f"{job.name}: queued again (retry)", job.id)
+        self.store.log("info", f"{job.name}: " + (f"with {' '.join(sets)}: " if sets else "") + RETRY_MARK, job.id)
         self.store.finish_command(cmd_id, "done")
 
 

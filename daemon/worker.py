@@ -22,11 +22,12 @@ from pathlib import Path
 from core.config import Config
 from core.errors import Cancelled, FrameFolderError, ReelmaskError
 from core.outputs.folder import MANIFEST, fit_name, staging_path
+from core.outputs.manifest import record_final_input
 from core.pipeline import (ChunkFinished, ChunkStarted, EngineWarning, FrameResult, JobFinished, JobStarted, ModelPool,
                            Phase, prepare_job, run_job)
 from core.store import Job, JobState, Store
 from core.video import is_video_name
-from daemon.folders import MoveError, file_failure, move_folder, unique_path
+from daemon.folders import MoveError, file_failure, move_folder, record_error_file, unique_path
 from daemon.watcher import file_markers
 from daemon.progress import JobProgress, finish_cancel_commands
 
@@ -119,6 +120,8 @@ class Worker:
         job = self.store.claim(self.name, self.node)
         if job is None:
             return False
+        log.info("%s: claimed job %s by %s (attempt %d)%s", job.name, job.id[:8], self.name, job.attempts,
+                 self._where())
         self.current = job.id
         try:
             if job.kind == "train":
@@ -238,6 +241,7 @@ class Worker:
         work, outbox, done, failed = self._paths()
         out: Path | None = Path(job.output_path) if job.output_path else None
         state = JobProgress(store, job.id, self.cfg.daemon.progress_seconds, self.stop)
+        said = _LogLines(job.name)
         try:
             input_dir = self._take_input(job)
             if out is None:
@@ -247,8 +251,10 @@ class Worker:
             sets = job.option_values.get("sets")
             if sets:
                 from core.config import parse_sets, with_overrides
-                cfg = with_overrides(cfg, parse_sets(sets), "reelmask submit --set")
-            request = JobRequest(job.id, input_dir, out, cfg, job.mode, job.inbox_mode, self._trusted(job))
+                cfg = with_overrides(cfg, parse_sets(sets), "--set recorded on the job (submit or retry)")
+            opts = job.option_values  # the row's mode is the one chosen last time; the request is kept apart
+            requested = opts["requested_mode"] if "requested_mode" in opts else (job.mode if job.attempts <= 1 else None)
+            request = JobRequest(job.id, input_dir, out, cfg, requested, job.inbox_mode, self._trusted(job))
             manifest = finished_manifest(out, job.id)
             if manifest is not None:
                 store.log("info", f"{job.name}: its output was already complete (an earlier attempt finished)", job.id)
@@ -258,9 +264,7 @@ class Worker:
                     store.log("info", f"{job.name}: {event.mode} ({event.reason}), {event.frames} frames, "
                                       f"attempt {job.attempts}{self._where()}", job.id)
                 _report(state, event)
-                if isinstance(event, ChunkStarted):
-                    log.info("%s: chunk %d %s, frames %d-%d", job.name, event.chunk, event.sweep, event.start,
-                             event.end - 1)
+                said.event(event)
                 if isinstance(event, JobFinished):
                     manifest = event.manifest
             if manifest and manifest.get("resumed_from_frame") is not None:
@@ -272,9 +276,16 @@ class Worker:
                 except MoveError as e:
                     raise MoveError(f"the masks are complete in {out}, but the input could not be moved to "
                                     f"done/: {e}") from e
+                try:
+                    record_final_input(out, final_input)
+                except (OSError, ValueError) as e:  # the masks are fine; only the record of the input is stale
+                    log.warning("%s: could not record the input's new place in the manifest: %s", job.name, e)
                 shutil.rmtree(work / job.id, ignore_errors=True)
             store.finish_job(job.id, JobState.DONE, input_path=str(final_input))
             state.flush(force=True)
+            fps = manifest["timings"].get("frames_per_second") if manifest else None
+            log.info("%s: done, %s frames at %s frames/s -> %s", job.name, manifest["frames"] if manifest else "?",
+                     fps if fps is not None else "?", out)
             store.log("info", f"{job.name}: done, {manifest['frames'] if manifest else '?'} frames -> {out}", job.id)
         except Cancelled:
             if self.stop.is_set():
@@ -319,12 +330,40 @@ class Worker:
         owned = job.source == "inbox" and (current.exists() or current.is_symlink())
         filed = file_failure(failed, job.name, reason, f"job {job.id}, input {job.origin_path}\n\n{detail}",
                              current if owned else None)
+        record_error_file(self.store, job.id, filed)
         reason, current = filed.reason, filed.moved_to or current
         if not current.is_relative_to(work / job.id):
             shutil.rmtree(work / job.id, ignore_errors=True)
         self.store.finish_job(job.id, state, error=reason, detail=filed.detail, input_path=str(current))
         self.store.log("error" if state is JobState.FAILED else "warning", f"{job.name}: {reason}", job.id)
-        log.log(logging.ERROR if state is JobState.FAILED else logging.WARNING, "%s: %s", job.name, reason)
+        first = reason.strip().splitlines()[0] if reason.strip() else reason
+        log.log(logging.ERROR if state is JobState.FAILED else logging.WARNING, "%s: %s %s", job.name,
+                "failed:" if state is JobState.FAILED else "cancelled:", first)
+
+
+class _LogLines:
+    """The daemon log's lines about a running job: started (mode, frames, chunks), each chunk or, for a
+    job of one chunk, every 10% of its frames."""
+
+    def __init__(self, name: str):
+        self.name, self.total, self.done, self.chunks, self.next_tenth = name, 0, 0, 0, 1
+
+    def event(self, event: object) -> None:
+        if isinstance(event, JobPrepared):
+            self.mode, self.reason = event.mode, event.reason
+        elif isinstance(event, JobStarted):
+            self.total, self.done, self.chunks = event.frames_total, event.frames_done, event.chunks
+            resumed = f", resuming after {event.frames_done} frames" if event.frames_done else ""
+            log.info("%s: started %s (%s), %d frames in %d chunk(s)%s", self.name, event.mode.value,
+                     getattr(self, "reason", "?"), event.frames_total, event.chunks, resumed)
+        elif isinstance(event, ChunkStarted) and self.chunks > 1:
+            log.info("%s: chunk %d %s, frames %d-%d", self.name, event.chunk, event.sweep, event.start, event.end - 1)
+        elif isinstance(event, FrameResult) and self.total:
+            self.done += 1
+            if self.chunks <= 1 and self.done * 10 >= self.next_tenth * self.total:
+                while self.done * 10 >= self.next_tenth * self.total:
+                    self.next_tenth += 1
+                log.info("%s: %d/%d frames (%d%%)", self.name, self.done, self.total, 100 * self.done // self.total)
 
 
 def _report(progress: JobProgress, event: object) -> None:

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from core.outputs.folder import staging_path
-from core.store import Job, Store
+from core.store import Job, Store, since_retry
 
 STATE_FILTERS: tuple[str | None, ...] = (None, "queued", "running", "done", "failed", "cancelled", "interrupted")
 
@@ -119,7 +119,7 @@ def _devices(samples: list[dict], jobs: list[Job] | tuple[Job, ...] = ()) -> tup
 
 
 def _detail(store: Store, job: Job) -> JobDetail:
-    events = store.events(limit=50, job_id=job.id)
+    events = since_retry(store.events(limit=50, job_id=job.id))
     warnings = tuple(e["message"] for e in events if e["level"] == "warning")[-3:]
     prompts: Counter = Counter()
     objects: set[int] = set()

@@ -28,6 +28,21 @@ class JobFacts(Protocol):
     choice: ModeChoice
 
 
+def record_final_input(out: Path, final_input: Path) -> None:
+    """After the daemon moved a job's input on (to done/), the manifest names where it is now, not the
+    work/ folder it ran from (a video file by the file itself)."""
+    from core.outputs.folder import MANIFEST, write_json
+    import json
+
+    path = out / MANIFEST
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    source = manifest.get("source") or {}
+    inner = final_input / source["file"] if source.get("kind") == "video" and source.get("file") else None
+    where = inner if inner is not None and final_input.is_dir() and inner.is_file() else final_input
+    manifest["input"] = str(where.resolve())
+    write_json(path, manifest)
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
