@@ -177,7 +177,7 @@ class VideoConfig:
     on_damage: str = _key("fail", 'a damaged or truncated video file: "fail" (error naming the frame where decoding stops) '
                           'or "truncate" (process the frames before it, with a warning; costs one extra decoding pass)',
                           job=True)
-    cache_mb: int = _key(128, "decoded video frames each decoding thread keeps for backward reads and seeks, in MiB",
+    cache_mb: int = _key(64, "decoded video frames each decoding thread keeps for backward reads and seeks, in MiB",
                          lo=8, hi=65536)
 
 
@@ -249,7 +249,8 @@ class TrainConfig:
                               "sam2-decoder 4)", lo=0, hi=4096)
     img_size: int = _key(0, "training images are resized to this square size (pixels); 0 = the kind's default "
                             "(unet, matting, yolo 640; sam2-decoder trains at models.image_size)", lo=0, hi=4096)
-    workers: int = _key(4, "data loading processes (0 = load in the training process)", lo=0, hi=256)
+    workers: int = _key(4, "data loading processes (0 = load in the training process); never more than the CPUs this "
+                        "process may use", lo=0, hi=256)
     val_fraction: float = _key(0.2, "without a test/ folder, this share of the videos (or frames) is held out for validation",
                                lo=0, hi=1)
     seed: int = _key(0, "random seed for the split, augmentation and initial weights", lo=0, hi=2**31 - 1)

@@ -279,7 +279,7 @@ def _decodable(path: Path, index: int, name: str) -> tuple[list[int], str]:
 class VideoSource:
     """Decoded RGB frames of one probed video, on demand, from any thread (each thread has its own decoder)."""
 
-    def __init__(self, info: VideoInfo, *, cache_bytes: int = 128 * 2**20):
+    def __init__(self, info: VideoInfo, *, cache_bytes: int = 64 * 2**20):
         self.info = info
         self.cache_bytes = cache_bytes
         self._local = threading.local()
@@ -315,8 +315,13 @@ class VideoSource:
             d.close()
 
 
+_FORWARD_KEEP = 3
+
+
 class _Decoder:
-    """One open container with a bounded window of decoded frames; used by one thread only."""
+    """One open container with a bounded window of decoded frames; used by one thread only. Reading
+    forward keeps the last few frames; a seek (a jump, a backward read) keeps the frames from the
+    keyframe up to the one asked for, at most `capacity`, for the backward reads that follow."""
 
     def __init__(self, info: VideoInfo, cache_bytes: int):
         self.info = info
@@ -342,8 +347,8 @@ class _Decoder:
             self.cache.move_to_end(index)
             return self.cache[index]
         ahead = self.next_index is not None and self.next_index <= index < self.next_index + self.capacity
-        if ahead:  # keep reading forward
-            return self._decode_to(index, keep_from=index - self.capacity + 1)
+        if ahead:  # keep reading forward; a forward read keeps only the last few frames (re-reads at overlaps)
+            return self._decode_to(index, keep_from=index - _FORWARD_KEEP + 1)
         # a jump or a backward read: start at the keyframe before the frame and keep the window that ends at it
         return self._seek_to(index)
 

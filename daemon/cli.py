@@ -15,7 +15,11 @@ from core.config import default_config_path
 log = logging.getLogger("daemon.service")
 
 
-@command()
+def _daemon_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(log_level="info")  # a daemon's log is how a headless service is followed: jobs at info
+
+
+@command(_daemon_args)
 def cmd_daemon(args: argparse.Namespace) -> int:
     """Watch the inboxes and run every complete folder, until SIGTERM or Ctrl-C.
 
@@ -24,7 +28,9 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     (with error.txt). A stop (SIGTERM/SIGINT) lets the running job checkpoint and exits 0; the
     job resumes from its last finished chunk on the next start.
 
-    example: reelmask daemon --config /srv/reelmask/config.toml --log-level info
+    Logs at info by default: a line per job claimed, started, each chunk (or 10%), done or failed.
+
+    example: reelmask daemon --config /srv/reelmask/config.toml
     """
     stopping = threading.Event()
 

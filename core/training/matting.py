@@ -31,7 +31,7 @@ from core.training.events import RANDOM_SAM2, EpochEnd, TrainFinished, TrainStar
 from core.training.matting_cache import CachedSamples, FeatureCache
 from core.training.matting_data import (BACKGROUNDS, backgrounds_folder, find_backgrounds, find_dataset,
                                         split)
-from core.training.runs import BEST, LAST, batches, previous_run, optimise, resume_state, save_epoch
+from core.training.runs import BEST, LAST, batches, previous_run, optimise, resume_state, save_epoch, data_workers
 
 CACHE = "cache"
 CKPT_KEYS = ("kind", "format", "arch", "img_size", "epoch", "metrics", "sam2", "features", "train", "model", "reelmask")
@@ -115,7 +115,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     if cuda:
         torch.cuda.empty_cache()  # SAM2 is done with: its memory goes back before training
     train_set = CachedSamples([cache.path(s) for s in train_samples])
-    loader_options = {"batch_size": t.batch_size, "num_workers": t.workers, "pin_memory": cuda}
+    loader_options = {"batch_size": t.batch_size, "num_workers": data_workers(t.workers), "pin_memory": cuda}
     header = {"kind": REFINER.kind, "format": REFINER.format, "arch": arch, "img_size": t.img_size, "sam2": identity,
               "features": {"version": feature_spec.VERSION, "channels": feature_spec.CHANNELS,
                            "description": feature_spec.DESCRIPTION},

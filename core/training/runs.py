@@ -14,6 +14,16 @@ from core.errors import Cancelled, ModelError, TrainingError
 LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
 
 
+def data_workers(requested: int) -> int:
+    """train.workers, held to the CPUs this process may use: more loader processes than CPUs only
+    compete for them (and torch warns about it)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(requested, cpus))
+
+
 def refuse_existing(out: Path, also: tuple[str, ...] = ()) -> None:
     """A run folder that already holds a run (or any of `also`) is never overwritten without --resume."""
     taken = [name for name in (LAST, BEST, METRICS, *also) if (out / name).exists()]

@@ -34,7 +34,7 @@ from core.models.checkpoints import SAM2_DECODER, save_checkpoint
 from core.models.sam2_decoder import base_identity
 from core.training.events import RANDOM_SAM2, EpochEnd, TrainFinished, TrainPrepare, TrainStarted, TrainStep
 from core.training.registry import with_kind_defaults
-from core.training.runs import BEST, LAST, METRICS, batches, previous_run, optimise, resume_state, save_epoch, write_lines
+from core.training.runs import BEST, LAST, METRICS, batches, previous_run, optimise, resume_state, save_epoch, write_lines, data_workers
 from core.training.sam2_decoder_data import (DecoderSamples, cache_key, find_objects, plan_batches,
                                              unique_images)
 from core.training.unet_data import find_dataset, split
@@ -107,7 +107,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     train_set = DecoderSamples(train_objects, cache, size)
     val_set = DecoderSamples(val_objects, cache, size)
     cuda = device.type == "cuda"
-    loader_options = {"num_workers": t.workers, "pin_memory": cuda, "collate_fn": _collate}
+    loader_options = {"num_workers": data_workers(t.workers), "pin_memory": cuda, "collate_fn": _collate}
     steps = len(plan_batches(len(train_set), t.prompts, t.batch_size, t.seed, 1))
     total = steps * max(0, t.epochs - start + 1)
     yield TrainStarted(SAM2_DECODER.kind, t.epochs, steps, len(train_set), len(val_set), str(device), start,

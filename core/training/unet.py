@@ -19,7 +19,7 @@ from core.errors import TrainingError
 from core.training.registry import with_kind_defaults
 from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
 from core.models.checkpoints import UNET, save_checkpoint
-from core.training.runs import BEST, LAST, batches, previous_run, optimise, resume_state, save_epoch
+from core.training.runs import BEST, LAST, batches, previous_run, optimise, resume_state, save_epoch, data_workers
 from core.training.unet_data import Samples, find_dataset, split
 
 # what best.pt keeps of last.pt
@@ -65,7 +65,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
 
     train_set = Samples(parts.train, t.img_size, augment=True, seed=t.seed)
     val_set = Samples(parts.val, t.img_size)
-    loader_options = {"batch_size": t.batch_size, "num_workers": t.workers, "pin_memory": cuda}
+    loader_options = {"batch_size": t.batch_size, "num_workers": data_workers(t.workers), "pin_memory": cuda}
     steps = math.ceil(len(train_set) / t.batch_size)
     total = steps * max(0, t.epochs - start + 1)
     yield TrainStarted(UNET.kind, t.epochs, steps, len(train_set), len(val_set), str(device), start)

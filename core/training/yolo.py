@@ -23,7 +23,7 @@ from core.config import Config
 from core.errors import Cancelled, ModelError, TrainingError
 from core.training.registry import with_kind_defaults
 from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
-from core.training.runs import BEST, LAST, METRICS, read_lines, refuse_existing, write_lines
+from core.training.runs import BEST, LAST, METRICS, read_lines, refuse_existing, write_lines, data_workers
 from core.training.yolo_data import YoloYaml, build_from_masks, find_source, write_yaml
 
 KIND = "yolo"
@@ -60,7 +60,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
 
     device = pick_device(cfg.models.device)
     settings = TrainSettings(t.epochs, cfg.detect.train_patience, t.img_size, t.batch_size,
-                             "cpu" if device.type == "cpu" else str(device.index or 0), t.workers, t.seed,
+                             "cpu" if device.type == "cpu" else str(device.index or 0), data_workers(t.workers), t.seed,
                              t.lr or None)
     if continuing and _finished(run_last):
         yield from _already_finished(out)
