@@ -30,6 +30,7 @@ from core.outputs.folder import MANIFEST, check_target, open_staging, publish, s
 from core.outputs.checkpoint import Checkpoint, truncate_lines
 from core.outputs.formats import check_formats
 from core.outputs.manifest import build_manifest, utc_now
+from core.outputs.preview import RANDOM_BANNER
 from core.outputs.writer import ALPHA_DIR, PROMPTS_USED, OutputWriter, PreviewSettings
 from core.intake import check_tree, read_text
 from core.prompts import PROMPTS_FILE, Prompts, mask_names, parse_prompts, read_prompts_json
@@ -276,8 +277,9 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
                                kind, model)
     chunks = spec.chunks(len(folder), cfg)
     reader = _frame_reader(folder, model, cfg)
-    preview = (PreviewSettings(cfg.output.preview_fps, cfg.output.preview_max_side, cfg.output.preview_opacity)
-               if cfg.output.preview else None)
+    random = kind == SAM2 and model.weights.is_random
+    preview = (PreviewSettings(cfg.output.preview_fps, cfg.output.preview_max_side, cfg.output.preview_opacity,
+                               RANDOM_BANNER if random else None) if cfg.output.preview else None)
     if previous is not None:
         truncate_lines(stage / PROMPTS_USED, previous.prompt_lines)
     writer = OutputWriter(stage, folder, preview=None if previous else preview, append_prompts=previous is not None,

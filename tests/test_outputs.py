@@ -86,3 +86,44 @@ def test_output_folder_appears_only_when_complete(tmp_path: Path):
     (stage / "new").write_text("x")
     publish(stage, out, overwrite=True)
     assert (out / "new").exists() and not (out / "manifest.json").exists()
+
+
+def test_preview_is_h264_with_ids_prompts_and_the_random_banner(tmp_path: Path):
+    """preview.mp4 plays in browsers (H.264, yuv420p, index first) and shows where prompts were given."""
+    import av
+
+    size = (160, 120)
+    folder = FrameFolder.scan(make_clip(tmp_path / "clip", n=4, size=size))
+    out = tmp_path / "out"
+    out.mkdir()
+    writer = OutputWriter(out, folder, preview=PreviewSettings(10.0, 160, 0.0, "RANDOM"))
+    writer.prompt(PromptUsed(1, 3, "user", 0, points=((30.0, 90.0), (130.0, 90.0)), labels=(1, 0)))
+    writer.prompt(PromptUsed(2, 3, "detector", 0, box=(60.0, 40.0, 120.0, 100.0), confidence=0.8))
+    for frame in range(4):
+        ids = np.zeros((120, 160), np.uint8)
+        ids[50:90, 70:110] = 3
+        writer.mask(frame, ids)
+    writer.close()
+    data = (out / "preview.mp4").read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat")  # faststart: playable while it downloads
+    with av.open(str(out / "preview.mp4")) as video:
+        stream = video.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.format.name == "yuv420p"
+        frames = [f.to_ndarray(format="rgb24").astype(int) for f in video.decode(stream)]
+    assert len(frames) == 4
+    clean = cv2.cvtColor(cv2.imread(str(folder.path(1))), cv2.COLOR_BGR2RGB).astype(int)
+
+    def red(px):
+        return px[0] - (px[1] + px[2]) / 2
+
+    assert red(frames[0][3, 80]) > 60 and red(clean[3, 80]) < 40  # the banner across the top
+    r, g, b = frames[1][90, 30]
+    assert g > r + 60 and g > b + 60  # the object point: a green dot on its frame
+    r, g, b = frames[1][90, 130]
+    assert r > g + 60  # the background point: red
+    assert abs(frames[0][90, 30] - clean[90, 30]).max() < 40  # no dot on a frame without that prompt
+    yellow = frames[2][40:44, 60:64].reshape(-1, 3).mean(0)  # the detector box's top-left bracket
+    assert yellow[0] > 150 and yellow[1] > 150 and yellow[2] < 120
+    label = frames[3][62:79, 82:99].reshape(-1, 3)  # the id: white on a black box at the object's centre
+    assert (label.max(1) < 50).sum() > 20 and (label.min(1) > 200).sum() > 5
+    assert (frames[3][5:40, 5:40].reshape(-1, 3).max(1) < 50).sum() < 5  # and nowhere else

@@ -17,6 +17,7 @@ import numpy as np
 from core.engine.events import PromptUsed
 from core.frames import FrameFolder
 from core.outputs.masks import fill_small_holes, overlay, read_mask, write_palette_png
+from core.outputs.preview import PreviewVideo, annotate
 
 PROMPTS_USED = "prompts_used.jsonl"
 PREVIEW = "preview.mp4"
@@ -30,6 +31,7 @@ class PreviewSettings:
     fps: float
     max_side: int
     opacity: float
+    banner: str | None = None  # drawn across the top of every frame (random weights)
 
 
 def prompt_record(p: PromptUsed, folder: FrameFolder) -> dict:
@@ -64,7 +66,8 @@ class OutputWriter:
         self._fill = fill_hole_area
         self.png16 = png16  # matting: also 16-bit mattes in alpha16/
         self._preview = preview
-        self._video: cv2.VideoWriter | None = None
+        self._video: PreviewVideo | None = None
+        self._frame_prompts: dict[int, list[dict]] = {}  # prompts of frames not in preview.mp4 yet
         self._next_preview = 0
         self._written: set[int] = set()
         self._prompts = open(root / PROMPTS_USED, "a" if append_prompts else "w", encoding="utf-8")
@@ -109,7 +112,7 @@ class OutputWriter:
             self._thread.join()
         self._prompts.close()
         if self._video is not None:
-            self._video.release()
+            self._video.close()
             self._video = None
         self._raise()
 
@@ -140,9 +143,12 @@ class OutputWriter:
     def _handle(self, item) -> None:
         kind = item[0]
         if kind == "prompt":
-            self._prompts.write(json.dumps(prompt_record(item[1], self.folder)) + "\n")
+            record = prompt_record(item[1], self.folder)
+            self._prompts.write(json.dumps(record) + "\n")
             self._prompts.flush()
             self.prompt_lines += 1
+            if self._preview is not None and record["frame"] >= self._next_preview:
+                self._frame_prompts.setdefault(record["frame"], []).append(record)
             return
         if kind == "formats":
             from core.outputs.formats import object_classes, write_formats
@@ -190,6 +196,11 @@ class OutputWriter:
         self.flush()
         self._preview = settings
         (self.root / PREVIEW).unlink(missing_ok=True)
+        self._prompts.flush()
+        self._frame_prompts = {}
+        for line in (self.root / PROMPTS_USED).read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            self._frame_prompts.setdefault(int(record["frame"]), []).append(record)
         for i in range(len(self.folder)):
             self._preview_frame(i, read_mask(self.masks_dir / f"{self.folder.stem(i)}.png"))
 
@@ -203,8 +214,9 @@ class OutputWriter:
         if (w, h) != size:
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
             id_map = cv2.resize(id_map, size, interpolation=cv2.INTER_NEAREST)
+        source = self.folder.source
         if self._video is None:
-            self._video = cv2.VideoWriter(str(self.root / PREVIEW), cv2.VideoWriter_fourcc(*"mp4v"), p.fps, size)
+            self._video = PreviewVideo(self.root / PREVIEW, size, p.fps, source.time_base if source else None)
         alpha_path = self.root / ALPHA_DIR / f"{self.folder.stem(index)}.png"
         if alpha_path.is_file():  # matting: the cut-out over a checkerboard shows the matte itself
             alpha = cv2.imread(str(alpha_path), cv2.IMREAD_GRAYSCALE)
@@ -213,7 +225,8 @@ class OutputWriter:
             frame = over_checkerboard(rgb, alpha)
         else:
             frame = overlay(rgb, id_map, p.opacity)
-        self._video.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        frame = annotate(frame, id_map, self._frame_prompts.pop(index, []), scale, p.banner)
+        self._video.write(frame, source.pts[index] - source.pts[0] if source else None)
 
 
 def over_checkerboard(rgb: np.ndarray, alpha: np.ndarray, cell: int = 16) -> np.ndarray:
