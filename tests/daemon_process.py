@@ -17,7 +17,22 @@ from tests.conftest import reelmask_command
 
 T = TypeVar("T")
 
-PATIENCE = float(os.environ.get("REELMASK_TEST_PATIENCE", "1"))  # >1 on a slow CI machine
+def patience() -> float:
+    """How many times longer than on an idle machine a test may wait: REELMASK_TEST_PATIENCE when set
+    (one factor for the whole run), else 1 plus the load per CPU right now (a busy machine gets longer)."""
+    fixed = os.environ.get("REELMASK_TEST_PATIENCE")
+    if fixed:
+        return max(0.1, float(fixed))
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return 1.0 + os.getloadavg()[0] / cpus
+
+
+def scaled(seconds: float) -> float:
+    """A test's time limit on this machine now (see patience)."""
+    return seconds * patience()
 
 # a daemon that reacts fast and runs SAM2's real code with random weights at 256 px
 FAST = {"watch": {"settle_seconds": 0.5}, "models": {"sam2_weights": "random", "image_size": 256},
@@ -46,8 +61,8 @@ def start(root: Path, config: str = "config.toml", log: str = "daemon.log") -> s
 
 
 def wait(cond: Callable[[], T], timeout: float, what: str, proc: subprocess.Popen | None = None) -> T:
-    """Poll `cond` until it returns something true; fail after `timeout` x PATIENCE seconds."""
-    deadline = time.monotonic() + timeout * PATIENCE
+    """Poll `cond` until it returns something true; fail after `timeout` seconds, scaled by patience()."""
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         value = cond()
         if value:
@@ -76,5 +91,5 @@ def stop(proc: subprocess.Popen) -> tuple[int, float]:
     """SIGTERM, then the exit code and how long the daemon took to exit."""
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(timeout=60 * PATIENCE)
+    rc = proc.wait(timeout=scaled(60))
     return rc, time.monotonic() - t0

@@ -19,6 +19,7 @@ import pytest
 from core.store import Access, Store
 from tests import daemon_process as dp
 from tests.conftest import DATA, make_clip, point_prompt
+from tests.daemon_process import scaled
 
 YOLO = DATA / "models" / "yolo11n-coco-dequant.pt"
 
@@ -128,7 +129,7 @@ def test_kill9_at_20_random_moments(tmp_path: Path):
         running = [(j.name, j.frames_done) for j in _jobs(soak) if j.state == "running"]
         furthest = max(furthest, progress())
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
+        proc.wait(timeout=scaled(60))
         kills.append(running)
     proc = dp.start(soak)
     try:
@@ -162,7 +163,7 @@ def test_a_lost_database_is_rebuilt_from_work_folders(tmp_path: Path):
     dp.wait(lambda: any(j.frames_done >= 25 for j in _jobs(root)), 300, "25 frames", proc)
     [job] = _jobs(root)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc.wait(timeout=scaled(60))
     for suffix in ("", "-wal", "-shm"):
         Path(f"{root / 'reelmask.db'}{suffix}").unlink(missing_ok=True)
 

@@ -15,7 +15,7 @@ import numpy as np
 from core.config import load_config
 from core.store import Store
 from tests.conftest import make_clip, point_prompt, reelmask_command
-from tests.daemon_process import start as _start
+from tests.daemon_process import start as _start, scaled
 from tests.daemon_process import status as _status
 from tests.daemon_process import stop as _stop
 from tests.daemon_process import wait as _wait
@@ -103,7 +103,7 @@ def test_sigterm_then_kill9_then_resume_to_the_end(tmp_path: Path):
     proc = _start(tmp_path)
     _wait(lambda: progress().state == "running" and progress().frames_done >= 35, 120, "35 frames", proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
+    proc.wait(timeout=scaled(10))
     assert progress().state == "running"  # what a crash leaves behind
 
     proc = _start(tmp_path)

@@ -17,7 +17,7 @@ import pytest
 from core.engine.events import ChunkFinished, FrameResult, PromptUsed
 from core.errors import Cancelled, FrameFolderError
 from tests.conftest import make_clip, point_prompt
-from tests.daemon_process import cli, start, status, stop, wait, write_config
+from tests.daemon_process import cli, start, status, stop, wait, write_config, scaled
 
 ray = pytest.importorskip("ray")
 
@@ -191,7 +191,7 @@ def test_an_actor_that_cannot_see_the_work_folder_is_refused(tmp_path: Path):
     try:
         pool.token = "not what the daemon wrote"
         job_id = store.add_job("queued", tmp_path / "x", source="submit")
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + scaled(120)
         while worker._refused_at < 0 and time.monotonic() < deadline:
             assert worker.step() is False
             time.sleep(0.1)
@@ -264,7 +264,7 @@ def test_a_training_job_runs_on_an_actor(tmp_path: Path):
     pool = RayPool(cfg)
     worker = RayWorker(cfg, pool, pool.start()[0], threading.Event())
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + scaled(240)
         while not worker.step():
             assert time.monotonic() < deadline, "the actor never took the job"
             time.sleep(0.1)
@@ -293,7 +293,7 @@ def test_a_restarted_daemon_finds_its_actor_again(tmp_path: Path):
         wait(lambda: _jobs(tmp_path).get("a", {}).get("frames_done", 0) >= 9, 240, "9 frames", proc)
         pid = _actor_pid(tmp_path, "ray-worker-0")
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.wait(timeout=scaled(30))
         proc = start(tmp_path)
         try:
             _all_done(tmp_path, ["a"], proc)

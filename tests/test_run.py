@@ -16,6 +16,7 @@ from core.config import load_config
 from core.errors import Cancelled
 from core.pipeline import JobFinished, prepare_job, run_job
 from tests.conftest import FAST, data_path, make_clip, point_prompt, reelmask_command
+from tests.daemon_process import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,7 @@ def _cfg(*sets: str):
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "YOLO_OFFLINE": "1"}
     return subprocess.run([*reelmask_command(), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=scaled(600))
 
 
 def _lines(path: Path) -> list[dict]:

@@ -27,12 +27,12 @@ from core.errors import StateError
 from core.state_lock import DaemonLock
 from core.store import Access, Store
 from tests.conftest import reelmask_command
-from tests.daemon_process import wait
+from tests.daemon_process import wait, scaled
 from tui.app import ReelmaskApp
 from tui.widgets import QueueTable
 
 ROOT = Path(__file__).resolve().parents[1]
-DEADLINE = 120.0  # seconds; generous, a loaded machine takes long to start a Python process
+DEADLINE = scaled(120.0)  # seconds on an idle machine, more under load: starting Python takes long then
 
 
 def _wait(cond, what: str, proc: subprocess.Popen | None = None, timeout: float = DEADLINE):

@@ -7,6 +7,7 @@ import multiprocessing as mp
 from pathlib import Path
 
 from core.store import JobState, Store
+from tests.daemon_process import scaled
 
 
 def test_schema_is_versioned_and_wal(tmp_path: Path):
@@ -57,9 +58,9 @@ def test_two_processes_never_claim_the_same_job(tmp_path: Path):
     procs = [ctx.Process(target=_claimer, args=(db, f"w{i}", q)) for i in range(3)]
     for p in procs:
         p.start()
-    results = [q.get(timeout=120) for _ in procs]
+    results = [q.get(timeout=scaled(120)) for _ in procs]
     for p in procs:
-        p.join(timeout=30)
+        p.join(timeout=scaled(30))
     claimed = [i for r in results for i in r]
     assert sorted(claimed) == sorted(ids)          # every job once, none twice
     assert all(j.state == JobState.RUNNING.value and j.attempts == 1 for j in store.jobs())

@@ -18,6 +18,7 @@ from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainSte
 from core.training.yolo import check, train
 from core.training.yolo_data import mask_ids
 from tests.conftest import data_path, make_seg_dataset
+from tests.daemon_process import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
 YOLO_FILE = ("models", "yolo11n-coco-dequant.pt")
@@ -59,7 +60,7 @@ def test_check_layouts_without_torch_or_ultralytics(tmp_path: Path):
     code = ("import sys; from pathlib import Path; from core.training.registry import check_dataset; "
             f"print(check_dataset('yolo', Path({str(seed)!r}))); print(check_dataset('yolo', Path({str(tmp_path / 'yolo')!r}))); "
             "print('torch' in sys.modules, 'ultralytics' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=scaled(60))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "2 videos, 6 frames with masks (train), no test/ (part of train is held out)",

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from daemon.watcher import Inbox, InboxWatcher
+from tests.daemon_process import scaled
 
 
 def _watcher(tmp_path: Path, settle=1.0, polling=False) -> tuple[InboxWatcher, Path]:
@@ -26,7 +27,7 @@ def test_copy_in_progress_is_not_ready_until_quiet(tmp_path: Path):
             time.sleep(0.3)
             assert w.ready() == [], f"taken early after {time.monotonic() - t0:.1f}s"
         last_write = time.monotonic() - 0.3
-        deadline = time.monotonic() + 6
+        deadline = time.monotonic() + scaled(6)
         while not w.ready():
             assert time.monotonic() < deadline, "never became ready"
             time.sleep(0.1)
