@@ -135,6 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     show = _LiveBar(console, label, len(job.folder), args.quiet) if console.is_terminal else \
         _PlainLines(console, label, len(job.folder), args.quiet)
     finished = None
+    said: set[str] = set()
     with show:
         for event in run_job(job, out):
             if isinstance(event, JobStarted):
@@ -146,6 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 show.stage(f"chunk {event.chunk} {event.sweep}")
             elif isinstance(event, EngineWarning):
                 show.say(f"[yellow]warning:[/] {event.message}")
+                said.add(event.message)
             elif isinstance(event, Phase):
                 show.say(f"[cyan]{event.name}[/]")
                 show.stage(event.name.split(" (")[0])
@@ -154,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if finished is None:
         return 1
     m = finished.manifest
-    for w in m["warnings"]:
+    for w in (w for w in m["warnings"] if w not in said):
         console.print(f"[bold yellow]warning:[/] {w}", soft_wrap=not console.is_terminal)
     print(f"{m['frames']} masks written to {finished.output} "
           f"({m['mode']}, {m['timings']['frames_per_second']} frames/s)")

@@ -293,6 +293,8 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     if previous is not None:
         engine.resume(set(ckpt.done), ckpt.handovers(stage), ckpt.engine_state)
     resumed_from = None
+    for message in warnings:  # known before the first frame (random weights, the input's damage): said now
+        yield EngineWarning(message)
     # detect with self-training cuts its chunks after training, so they are announced as they start
     yield JobStarted(job.job_id, job.choice.mode, len(folder), len(chunks), ckpt.frames_written,
                      tuple(chunks) if resumable else ())

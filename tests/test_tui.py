@@ -60,7 +60,15 @@ async def test_submitted_jobs_appear_and_cancel_writes_a_command(tmp_path: Path,
         assert "queue · all (2)" in str(table.border_title)
         table.move_cursor(row=[str(k.value) for k in table.rows].index(other))
         await _settle(app, pilot)
+        await pilot.press("c")  # asks first: "n" sends nothing
+        await pilot.pause()
+        assert "Cancel dog" in str(app.screen.query_one("#confirm-text").render())
+        await pilot.press("n")
+        await pilot.pause()
+        assert store.pending_commands() == []
         await pilot.press("c")
+        await pilot.pause()
+        await pilot.press("y")
         await pilot.pause()
     commands = store.pending_commands()
     assert [(c.kind, c.job_id) for c in commands] == [("cancel", other)]
@@ -182,7 +190,7 @@ async def test_gpu_panel_shows_each_nodes_devices_and_the_job_running_there(tmp_
 def test_commands_are_in_the_palette_and_bindings_are_named():
     names = {b.action: b.description for b in ReelmaskApp.BINDINGS}
     assert names == {"cancel_job": "Cancel", "retry_job": "Retry", "toggle_pause": "Pause/Resume", "train": "Train",
-                     "cycle_filter": "Filter", "quit": "Quit"}
+                     "cycle_filter": "Filter", "toggle_preview": "Preview/Memory", "quit": "Quit"}
 
 
 @_sync
@@ -193,12 +201,56 @@ async def test_palette_lists_the_actions(tmp_path: Path):
     assert {"Cancel job", "Retry job", "Pause / resume queue", "Train a model", "Filter by state"} <= titles
 
 
+@_sync
+async def test_preview_pane_draws_the_latest_frame_with_its_masks(tmp_path: Path):
+    """`v` swaps the memory panel for the preview: the newest mask over its frame, in half-block cells."""
+    import numpy as np
+
+    from core.outputs.masks import write_palette_png
+    from tests.video_files import encode
+
+    cfg = _cfg(tmp_path)
+    clip = make_clip(tmp_path / "clip", n=4, size=(160, 120))
+    out = tmp_path / "outbox" / "clip"
+    (out / "masks").mkdir(parents=True)
+    ids = np.zeros((120, 160), np.uint8)
+    ids[30:90, 40:120] = 5
+    for i in range(3):  # frame 2 is the newest
+        write_palette_png(out / "masks" / f"{i:05d}.png", ids)
+    store = Store(cfg.path(cfg.paths.db))
+    job = store.add_job("clip", clip)
+    store.update_job(job, output_path=str(out), state="running")
+    app = ReelmaskApp(cfg, refresh_seconds=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _settle(app, pilot)
+        await pilot.press("v")
+        await _settle(app, pilot)
+        picture = app.query_one("#preview-image").render()
+        caption = str(app.query_one("#preview-caption").render())
+    text = picture if hasattr(picture, "spans") else None
+    rows = text.plain.splitlines() if text is not None else []
+    # at 80x24 the pane holds about 6 rows: 12 x 16 square pixels of the 4:3 frame
+    assert len(rows) >= 5 and all(len(r) >= 12 and set(r) == {"\u2580"} for r in rows), rows
+    assert "frame 00002" in caption and "objects 5" in caption
+
+    from tui.preview import PreviewReader
+
+    frames = [np.full((120, 160, 3), 40 * k, np.uint8) for k in range(4)]  # a video input: its picture 2
+    video_dir = tmp_path / "video"
+    video_dir.mkdir()
+    encode(video_dir / "v.mkv", frames, codec="ffv1", pix_fmt="bgr0")
+    store.update_job(job, input_path=str(video_dir))
+    shown = PreviewReader().read(store.job(job), 40, 15)
+    corner = shown.rgb[0, 0]  # outside the object: the frame's own grey (80), not the palette's black
+    assert abs(int(corner[0]) - 80) <= 2 and shown.rgb.shape[1] == 40
+
+
 def test_the_dashboard_never_imports_torch(tmp_path: Path):
     import subprocess
     import sys
 
     data = make_seg_dataset(tmp_path / "dataset")
-    code = ("import sys; import tui.app, tui.cli, tui.forms; from core.training.registry import check_dataset; "
+    code = ("import sys; import tui.app, tui.cli, tui.forms, tui.preview; from core.training.registry import check_dataset; "
             f"print(check_dataset('unet', {str(data)!r}), file=sys.stderr); "
             "print(','.join(m for m in ('torch', 'sam2', 'ultralytics') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -8,6 +8,7 @@ command that cannot be written is reported as not sent. No torch in here.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 from pathlib import Path
@@ -25,9 +26,10 @@ from textual.widgets import DataTable, Footer, Header
 from core.config import Config
 from core.errors import StateError
 from core.store import Access, CommandKind, Store
-from tui.forms import TrainForm, TrainRequest
+from tui.forms import ConfirmScreen, TrainForm, TrainRequest
 from tui.state import STATE_FILTERS, LocalMemory, Snapshot, read_snapshot
-from tui.widgets import EventLog, GpuPanel, JobPanel, QueueTable
+from tui.preview import PreviewReader
+from tui.widgets import EventLog, GpuPanel, JobPanel, PreviewPanel, QueueTable
 
 
 class ReelmaskApp(App):
@@ -39,6 +41,7 @@ class ReelmaskApp(App):
         Binding("p", "toggle_pause", "Pause/Resume"),
         Binding("t", "train", "Train"),
         Binding("f", "cycle_filter", "Filter"),
+        Binding("v", "toggle_preview", "Preview/Memory"),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -58,6 +61,7 @@ class ReelmaskApp(App):
         self._reading = threading.Lock()     # one read at a time, however long a lock makes it wait
         self._local: LocalMemory | None = None
         self._stale_after = max(10.0, 5 * cfg.daemon.sample_seconds)
+        self._previews = PreviewReader()
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
@@ -65,7 +69,8 @@ class ReelmaskApp(App):
         with Horizontal(id="middle"):
             yield JobPanel(id="job")
             yield GpuPanel(id="gpu")
-        yield EventLog(id="log", max_lines=500, wrap=False, markup=False)
+            yield PreviewPanel(id="preview")
+        yield EventLog(id="log", max_lines=500, wrap=True, markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -75,7 +80,9 @@ class ReelmaskApp(App):
             self.sub_title = str(self.db)
         self.query_one("#queue").border_title = "queue"
         self.query_one("#job").border_title = "job"
-        self.query_one("#gpu").border_title = "memory"
+        self.query_one("#gpu").border_title = "memory (v: preview)"
+        self.query_one("#preview").border_title = "preview (v: memory)"
+        self.query_one("#preview").display = False
         self.query_one("#log").border_title = "events"
         self.query_one(QueueTable).focus()
         self.reload()
@@ -88,14 +95,24 @@ class ReelmaskApp(App):
             table, log = self.query_one(QueueTable), self.query_one(EventLog)
         except NoMatches:  # quitting: the widgets are gone before the interval timer stops
             return
-        self.read_state(table.selected_id, self.state_filter, log.last_id)
+        pane = self.query_one(PreviewPanel)
+        size = pane.size_wanted() if pane.display else None
+        self.read_state(table.selected_id, self.state_filter, log.last_id, size)
 
     @work(thread=True, exclusive=True, group="refresh")
-    def read_state(self, selected: str | None, state: str | None, last_event: int) -> None:
+    def read_state(self, selected: str | None, state: str | None, last_event: int,
+                   preview_size: tuple[int, int] | None = None) -> None:
         if not self._reading.acquire(blocking=False):
             return  # the previous read still waits for a lock; this refresh is skipped
         try:
             snap = self._read(selected, state, last_event)
+            if preview_size is not None:  # files, not the database: read here, off the UI thread
+                job = snap.detail.job if snap.detail else None
+                try:
+                    picture = self._previews.read(job, *preview_size)
+                except Exception as e:  # a half-written file, a vanished folder: said, tried again next time
+                    picture = f"no preview this time ({type(e).__name__}: {e})"
+                snap = dataclasses.replace(snap, preview=picture)
         except StateError as e:
             self.call_from_thread(self._show_problem, e)
             return
@@ -152,6 +169,7 @@ class ReelmaskApp(App):
         if selected and detail is None:  # the cursor moved since this snapshot was read
             self.reload()
         self.query_one(GpuPanel).show(snap, stale_after=self._stale_after)
+        self.query_one(PreviewPanel).show(snap.preview)
         self.query_one(EventLog).show(snap.events)
 
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
@@ -188,8 +206,19 @@ class ReelmaskApp(App):
 
     def action_cancel_job(self) -> None:
         job_id = self._selected()
-        if job_id and self._send(f"cancel of {job_id[:8]}", CommandKind.CANCEL, job_id):
-            self.notify(f"cancel requested for {job_id[:8]}")
+        if not job_id:
+            return
+        job = next((j for j in (self.snapshot.jobs if self.snapshot else ()) if j.id == job_id), None)
+        what = f"{job.name} ({job_id[:8]}, {job.state})" if job else job_id[:8]
+        running = job is not None and job.state == "running"
+        question = (f"Cancel {what}?\n" + ("It stops within a frame; its partial output is removed and the input "
+                                           "goes to failed/." if running else "It will not run."))
+
+        def answered(yes: bool | None) -> None:
+            if yes and self._send(f"cancel of {job_id[:8]}", CommandKind.CANCEL, job_id):
+                self.notify(f"cancel requested for {job_id[:8]}")
+
+        self.push_screen(ConfirmScreen(question, "Cancel the job"), answered)
 
     def action_retry_job(self) -> None:
         job_id = self._selected()
@@ -201,6 +230,12 @@ class ReelmaskApp(App):
         kind = CommandKind.RESUME if paused else CommandKind.PAUSE
         if self._send(kind.value, kind):
             self.notify("resume requested" if paused else "pause requested (the running job finishes)")
+
+    def action_toggle_preview(self) -> None:
+        """The right-hand pane shows device memory or the selected job's latest frame."""
+        pane, gpu = self.query_one(PreviewPanel), self.query_one(GpuPanel)
+        pane.display, gpu.display = not pane.display, pane.display
+        self.call_after_refresh(self.reload)  # once the pane has its size
 
     def action_cycle_filter(self) -> None:
         i = STATE_FILTERS.index(self.state_filter)
@@ -221,5 +256,7 @@ class ReelmaskApp(App):
         yield SystemCommand("Retry job", "Queue the selected failed or cancelled job again (r)", self.action_retry_job)
         yield SystemCommand("Pause / resume queue", "Stop or restart claiming queued jobs (p)", self.action_toggle_pause)
         yield SystemCommand("Train a model", "Open the training form (t)", self.action_train)
+        yield SystemCommand("Preview or memory", "Show the selected job's latest frame, or device memory (v)",
+                            self.action_toggle_preview)
         yield SystemCommand("Filter by state", "Show all, queued, running, done, failed ... jobs (f)",
                             self.action_cycle_filter)

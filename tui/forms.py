@@ -33,6 +33,30 @@ class TrainRequest:
         return {"kind": self.kind, "data": self.data, "out": self.out, "sets": list(self.sets)}
 
 
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question before an action that cannot be undone (cancelling a job)."""
+
+    BINDINGS = [Binding("y", "answer(True)", "Yes", show=True), Binding("n", "answer(False)", "No", show=True),
+                Binding("escape", "answer(False)", "No", show=False)]
+
+    def __init__(self, question: str, yes: str = "Yes"):
+        super().__init__()
+        self.question, self.yes = question, yes
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm"):
+            yield Label(self.question, id="confirm-text")
+            with Horizontal(id="confirm-buttons"):
+                yield Button(f"{self.yes} (y)", variant="error", id="yes")
+                yield Button("No (n)", id="no")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+
 class TrainForm(ModalScreen[TrainRequest | None]):
     """Kind, dataset, output folder and the main hyper-parameters; checked before it is queued."""
 
@@ -95,6 +119,15 @@ class TrainForm(ModalScreen[TrainRequest | None]):
             return
         self.dismiss(request)
 
+    @staticmethod
+    def _in_form_words(message: str) -> str:
+        """The trainers speak to the command line; here the same advice names the form's fields."""
+        for cli, form in (("give --data the folder", "give as dataset folder the folder"),
+                          ("choose another --out", "choose another output folder"),
+                          ("--out ", "the output folder "), ("--data", "the dataset folder")):
+            message = message.replace(cli, form)
+        return message
+
     def read(self) -> tuple[TrainRequest | None, str]:
         """The request, or None and what to fix. The dataset is checked here (no torch needed)."""
         kind = str(self.query_one("#kind", Select).value)
@@ -106,7 +139,7 @@ class TrainForm(ModalScreen[TrainRequest | None]):
         try:
             check_dataset(kind, path)
         except ReelmaskError as e:
-            return None, str(e)
+            return None, self._in_form_words(str(e))
         sets = []
         for key, label, config_key, kind_of in FIELDS:
             raw = self.query_one(f"#{key}", Input).value.strip()
@@ -120,6 +153,6 @@ class TrainForm(ModalScreen[TrainRequest | None]):
         try:
             with_kind_defaults(with_overrides(self.cfg, parse_sets(sets), "the training form"), kind)
         except ReelmaskError as e:
-            return None, str(e)
+            return None, self._in_form_words(str(e))
         target = str(self.cfg.path(out).resolve()) if out else None
         return TrainRequest(kind, str(path.resolve()), target, tuple(sets)), ""

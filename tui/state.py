@@ -58,6 +58,7 @@ class Snapshot:
     sample_age: float | None            # seconds since the daemon's last memory sample; None = never
     taken_at: str = field(default="")
     local: bool = False                 # devices read by the dashboard itself (the daemon is not sampling)
+    preview: object = None              # tui.preview.PreviewImage, or why there is none (str); None: not asked
 
 
 def read_snapshot(store: Store, selected: str | None, state: str | None, last_event: int = 0,
@@ -120,7 +121,10 @@ def _devices(samples: list[dict], jobs: list[Job] | tuple[Job, ...] = ()) -> tup
 
 def _detail(store: Store, job: Job) -> JobDetail:
     events = since_retry(store.events(limit=50, job_id=job.id))
-    warnings = tuple(e["message"] for e in events if e["level"] == "warning")[-3:]
+    warned = [e["message"] for e in events if e["level"] == "warning"]
+    # random weights first (every mask of the job is meaningless), then the latest others
+    first = [w for w in warned if "RANDOM weights" in w][-1:]
+    warnings = tuple(first + [w for w in warned if w not in first][-(4 - len(first)):])
     prompts: Counter = Counter()
     objects: set[int] = set()
     losses: tuple[float, ...] = ()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Label, ProgressBar, RichLog, Sparkline, Static
 
 from core.training.events import format_metrics
@@ -143,8 +143,13 @@ class DeviceRow(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Label(id="device-label")
-        yield ProgressBar(total=100, show_eta=False, show_percentage=True, id="device-bar")
-        yield Sparkline([], id="device-history")
+        with Horizontal(classes="gauge"):
+            yield Label("in use", classes="gauge-label")
+            yield ProgressBar(total=100, show_eta=False, show_percentage=True, id="device-bar")
+        with Horizontal(classes="gauge"):
+            yield Label("trend", classes="gauge-label")
+            yield Sparkline([], id="device-history")
+        yield Label("", id="device-span", classes="gauge-note")
 
     def show(self, d: DeviceMemory) -> None:
         where = "this machine" if d.node is None else f"node {d.node}"
@@ -164,6 +169,10 @@ class DeviceRow(Vertical):
         self.query_one("#device-label", Label).update(head)
         self.query_one("#device-bar", ProgressBar).update(total=d.total_mb or None, progress=d.used_mb or 0)
         self.query_one("#device-history", Sparkline).data = list(d.history)
+        peak = max(d.history) if d.history else None
+        self.query_one("#device-span", Label).update(
+            Text(f"trend: last {len(d.history)} samples, oldest left; peak {format_mb(peak)}", style="dim")
+            if d.history else "")
 
 
 class GpuPanel(VerticalScroll):
@@ -198,6 +207,32 @@ class GpuPanel(VerticalScroll):
             else:
                 row.local = snapshot.local
                 row.show(d)
+
+
+class PreviewPanel(VerticalScroll):
+    """The selected job's latest finished frame with masks and ids, in half-block characters."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="preview-image")
+        yield Label("", id="preview-caption")
+
+    def size_wanted(self) -> tuple[int, int]:
+        """Columns and text rows the picture may take (one row is the caption)."""
+        return max(8, self.size.width - 2), max(2, self.size.height - 1)
+
+    def show(self, preview) -> None:
+        image = self.query_one("#preview-image", Static)
+        caption = self.query_one("#preview-caption", Label)
+        if preview is None:
+            return  # not read yet
+        if isinstance(preview, str):
+            image.update(Text(preview, style="dim"))
+            caption.update("")
+            return
+        from tui.preview import half_blocks
+
+        image.update(half_blocks(preview.rgb))
+        caption.update(Text(preview.caption, style="dim"))
 
 
 class EventLog(RichLog):
