@@ -91,6 +91,8 @@ class TrainingRun:
             store.update_job(job_id, frames_total=total)
             for e in range(event.start_epoch, event.epochs + 1):
                 store.set_chunk(job_id, EPOCH, e, self.done, self.done, "pending")
+            if event.start_epoch > 1:
+                self._restore_history(event.start_epoch, event.steps_per_epoch)
             store.log("info", f"{event.train_items} training / {event.val_items} validation samples, "
                               f"{event.epochs} epochs from {event.start_epoch}, {event.steps_per_epoch} steps each, "
                               f"on {event.device}", job_id)
@@ -130,6 +132,35 @@ class TrainingRun:
                 self.progress.flush(force=True)
             return event
         return None
+
+    def _restore_history(self, start_epoch: int, steps: int) -> None:
+        """A run that continues from last.pt: the epochs it already did are done in the strip, and when
+        the database lost their curve (a retry clears it) it comes back from the run's metrics.jsonl."""
+        store, job_id = self.store, self.job.id
+        done = {c["idx"] for c in store.chunks(job_id) if c["sweep"] == EPOCH and c["state"] == "done"}
+        for e in range(1, start_epoch):
+            if e not in done:
+                store.set_chunk(job_id, EPOCH, e, (e - 1) * steps, e * steps, "done")
+        if store.train_metrics(job_id, limit=1, epochs_only=True) or not self.job.output_path:
+            return
+        import json
+
+        from core.training.runs import METRICS
+
+        path = Path(self.job.output_path) / METRICS
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return
+        for line in lines:
+            try:
+                m = json.loads(line)
+            except ValueError:
+                continue
+            epoch = m.get("epoch")
+            if isinstance(epoch, int) and 0 <= epoch < start_epoch:
+                loss = m.get("train_loss") if epoch > 0 else None
+                store.add_train_metric(job_id, epoch, epoch * steps, loss if isinstance(loss, (int, float)) else None, m)
 
     def _write_losses(self) -> None:
         """Before each progress write: the mean loss since the last one, one curve point per write, not per step."""

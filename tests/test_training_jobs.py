@@ -144,3 +144,36 @@ def test_one_optimisation_step_and_a_loss_that_is_no_longer_finite():
     with pytest.raises(TrainingError, match=r"loss became nan in epoch 3; lower train.lr \(now 0.5\)"):
         optimise(weight.sum() * float("nan"), optimizer, None, 3, 0.5)
     assert weight.item() == -1.0                                  # nothing stepped
+
+
+def test_a_resumed_training_shows_its_earlier_epochs_and_curve(tmp_path):
+    """A training that continues from last.pt after a retry (which clears the database's curve): the epoch
+    strip counts the epochs already done and the curve comes back from the run's metrics.jsonl."""
+    import json
+    import threading
+
+    from core.config import load_config
+    from core.store import Store
+    from core.training.events import EpochEnd, TrainStarted, TrainStep
+    from daemon.training import TrainingRun
+
+    cfg = load_config(None, [f"paths.db={tmp_path / 'state.db'}"], use_default_path=False)
+    store = Store(tmp_path / "state.db")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "train_loss": 1.0 / e, "val_loss": 2.0 / e}) + "\n"
+                                               for e in range(1, 7)))
+    job_id = store.add_job("unet-data", tmp_path, kind="train", mode="unet", output_path=str(run))
+
+    def events(kind, data, out, cfg, should_stop):
+        yield TrainStarted("unet", 8, 3, 12, 3, "cpu", start_epoch=7)
+        for step in range(3):
+            yield TrainStep(7, step + 1, 6, 0.1)
+        yield EpochEnd(7, {"epoch": 7, "train_loss": 0.1, "val_loss": 0.2}, True, 1.0)
+
+    TrainingRun(store, cfg, store.job(job_id), threading.Event(), events).execute()
+    epochs = {c["idx"]: c["state"] for c in store.chunks(job_id)}
+    assert [epochs[e] for e in range(1, 8)] == ["done"] * 7  # 7 of 8 epochs done, as the queue counts
+    curve = store.train_metrics(job_id)
+    assert [r["epoch"] for r in curve if r["metrics"]][:6] == [1, 2, 3, 4, 5, 6]
+    assert len([r for r in curve if r["loss"] is not None]) >= 7

@@ -110,7 +110,7 @@ class JobPanel(VerticalScroll):
         lines.append(f"{job.frames_done}/{job.frames_total or '?'} {unit}")
         if job.fps:
             lines.append(f" at {job.fps:.1f}/s, ETA {format_duration(eta_seconds(job))}")
-        loss.display = bool(detail.losses)
+        loss.display = len(detail.losses) >= 3  # fewer points draw as a solid block, not a curve
         if detail.losses:
             loss.data = list(detail.losses)
             lines.append(f"\nloss {detail.losses[0]:.4f} → {detail.losses[-1]:.4f}")
