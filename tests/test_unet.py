@@ -139,7 +139,10 @@ def test_training_lowers_the_loss_and_writes_the_run(tmp_path: Path):
     assert UNET.header(out / "best.pt")["epoch"] == best_epoch == events[-1].metrics["epoch"]
     header = UNET.header(out / "last.pt")
     assert header["epoch"] == 4 and header["kind"] == "unet" and header["img_size"] == 32
-    assert not list(out.glob(".*tmp"))
+    assert not list(out.glob(".*tmp")) and not list(out.glob(".*.tmp.png"))
+    preview = cv2.imread(str(out / "val_preview.png"))  # the dashboard's picture of the run: a validation frame
+    assert preview is not None and preview.shape[:2] == (32, 32)
+    assert preview.std() > 5  # a picture, not a blank
 
 
 def test_validation_from_test_folder_or_none(tmp_path: Path):

@@ -58,7 +58,7 @@ class PreviewReader:
         if job is None:
             return "select a job to see its latest frame"
         if job.kind == "train":
-            return "training jobs: no frame preview (their curves are in the job panel)"
+            return self._validation(job, width, rows)
         mask = latest_mask(job)
         if mask is None:
             return "no masks written yet" if job.state in ("queued", "running", "interrupted") else "no masks to show"
@@ -88,6 +88,30 @@ class PreviewReader:
         objects = sorted(int(o) for o in np.unique(ids) if o)
         caption = f"frame {mask.stem} · objects {', '.join(map(str, objects)) or 'none'}"
         self._key, self._image = key, PreviewImage(small, caption)
+        return self._image
+
+    def _validation(self, job, width: int, rows: int) -> PreviewImage | str:
+        """A training run's latest validation picture (written by trainers that make one, e.g. unet)."""
+        from core.training.runs import VAL_PREVIEW
+
+        path = Path(job.output_path) / VAL_PREVIEW if job.output_path else None
+        try:
+            st = path.stat() if path is not None else None
+        except OSError:
+            st = None
+        if st is None:
+            return "no validation picture yet (the unet trainer writes one after each epoch)"
+        key = (str(path), st.st_mtime_ns, st.st_size, width, rows)
+        if key == self._key and self._image is not None:
+            return self._image
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            return "the validation picture is being written; next refresh"
+        h, w = bgr.shape[:2]
+        scale = min(width / w, (2 * rows) / h)
+        size = (max(1, int(w * scale)), max(2, int(h * scale) // 2 * 2))
+        small = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size, interpolation=cv2.INTER_AREA)
+        self._key, self._image = key, PreviewImage(small, "validation: prediction red, truth outlined green")
         return self._image
 
     def _frame(self, job, stem: str, shape: tuple[int, ...]) -> np.ndarray | None:

@@ -12,6 +12,22 @@ from typing import Callable, Iterable, Iterator
 from core.errors import Cancelled, ModelError, TrainingError
 
 LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+VAL_PREVIEW = "val_preview.png"  # one validation image with the prediction (red) and the truth (green outline)
+
+
+def write_val_preview(out: Path, rgb, predicted, truth) -> None:
+    """val_preview.png in the run folder, replaced each epoch (the dashboard's preview of a training job)."""
+    import cv2
+    import numpy as np
+
+    picture = rgb.astype(np.float32)
+    picture[predicted] = picture[predicted] * 0.5 + np.array([230, 40, 40], np.float32) * 0.5
+    picture = np.ascontiguousarray(picture.clip(0, 255).astype(np.uint8))
+    contours, _ = cv2.findContours(truth.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(picture, contours, -1, (40, 230, 40), 1)
+    tmp = out / f".{VAL_PREVIEW}.tmp.png"
+    if cv2.imwrite(str(tmp), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+        os.replace(tmp, out / VAL_PREVIEW)
 
 
 def data_workers(requested: int) -> int:

@@ -19,6 +19,7 @@ from core.errors import TrainingError
 from core.training.registry import with_kind_defaults
 from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
 from core.models.checkpoints import UNET, save_checkpoint
+from core.training.runs import write_val_preview
 from core.training.runs import BEST, LAST, batches, previous_run, optimise, resume_state, save_epoch, data_workers
 from core.training.unet_data import Samples, find_dataset, split
 
@@ -90,7 +91,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
         val_loss = val_iou = None
         if len(val_set):
             model.eval()
-            v_loss, v_ious = 0.0, []
+            v_loss, v_ious, shown = 0.0, [], False
             with torch.inference_mode():
                 for x, y in batches(DataLoader(val_set, shuffle=False, **loader_options), should_stop):
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -98,6 +99,9 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
                         logits = model(x)
                     v_loss += segmentation_loss(logits, y).item() * len(x)
                     v_ious.extend(frame_ious(logits, y).tolist())
+                    if not shown:  # the first validation image, as the dashboard's preview of this run
+                        _val_preview(out, x[0], logits[0], y[0])
+                        shown = True
             val_loss, val_iou = round(v_loss / len(val_set), 6), round(sum(v_ious) / len(v_ious), 6)
         seconds = time.perf_counter() - epoch_began
         metrics = {"epoch": epoch, "train_loss": round(loss_sum / seen, 6), "val_loss": val_loss,
@@ -117,3 +121,14 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
 
     best_metrics = next((m for m in history if best and m["epoch"] == best["epoch"]), {})
     yield TrainFinished(out, out / BEST, out / LAST, best_metrics, time.perf_counter() - began)
+
+
+def _val_preview(out: Path, x, logits, y) -> None:
+    import numpy as np
+
+    mean = np.array(NORMALIZE["mean"], np.float32)[:, None, None]
+    std = np.array(NORMALIZE["std"], np.float32)[:, None, None]
+    rgb = ((x.float().cpu().numpy() * std + mean) * NORMALIZE["scale"]).clip(0, 255).transpose(1, 2, 0)
+    predicted = (logits.float().cpu().numpy().reshape(rgb.shape[:2]) > 0)
+    truth = y.float().cpu().numpy().reshape(rgb.shape[:2]) > 0.5
+    write_val_preview(out, rgb, predicted, truth)
