@@ -283,8 +283,8 @@ class Worker:
                 shutil.rmtree(work / job.id, ignore_errors=True)
             store.finish_job(job.id, JobState.DONE, input_path=str(final_input))
             state.flush(force=True)
-            fps = manifest["timings"].get("frames_per_second") if manifest else None
-            log.info("%s: done, %s frames at %s frames/s -> %s", job.name, manifest["frames"] if manifest else "?",
+            fps = (manifest.get("timings") or {}).get("frames_per_second") if manifest else None
+            log.info("%s: done, %s frames at %s frames/s -> %s", job.name, manifest.get("frames", "?") if manifest else "?",
                      fps if fps is not None else "?", out)
             store.log("info", f"{job.name}: done, {manifest['frames'] if manifest else '?'} frames -> {out}", job.id)
         except Cancelled:

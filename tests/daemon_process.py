@@ -81,8 +81,8 @@ def cli(root: Path, *args: str, config: str = "config.toml") -> subprocess.Compl
 def status(root: Path, config: str = "config.toml") -> dict:
     """`reelmask status --json`; no jobs yet while a starting daemon has not made its database."""
     out = cli(root, "status", "--json", config=config)
-    if out.returncode == 2 and "there is no state database" in out.stderr:
-        return {"jobs": []}
+    if out.returncode == 2 and ("there is no state database" in out.stderr or "schema version 0" in out.stderr):
+        return {"jobs": []}  # the daemon has not made it yet, or is making it right now
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

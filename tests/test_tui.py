@@ -190,7 +190,7 @@ async def test_gpu_panel_shows_each_nodes_devices_and_the_job_running_there(tmp_
 def test_commands_are_in_the_palette_and_bindings_are_named():
     names = {b.action: b.description for b in ReelmaskApp.BINDINGS}
     assert names == {"cancel_job": "Cancel", "retry_job": "Retry", "toggle_pause": "Pause/Resume", "train": "Train",
-                     "cycle_filter": "Filter", "toggle_preview": "Preview/Memory", "quit": "Quit"}
+                     "cycle_filter": "Filter", "toggle_preview": "Preview", "quit": "Quit"}
 
 
 @_sync

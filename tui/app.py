@@ -41,7 +41,7 @@ class ReelmaskApp(App):
         Binding("p", "toggle_pause", "Pause/Resume"),
         Binding("t", "train", "Train"),
         Binding("f", "cycle_filter", "Filter"),
-        Binding("v", "toggle_preview", "Preview/Memory"),
+        Binding("v", "toggle_preview", "Preview"),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -70,7 +70,7 @@ class ReelmaskApp(App):
             yield JobPanel(id="job")
             yield GpuPanel(id="gpu")
             yield PreviewPanel(id="preview")
-        yield EventLog(id="log", max_lines=500, wrap=True, markup=False)
+        yield EventLog(id="log", max_lines=500, wrap=True, markup=False, min_width=20)
         yield Footer()
 
     def on_mount(self) -> None:
