@@ -115,6 +115,7 @@ def test_config_prints_a_config_file_or_plain_json(capsys, tmp_path):
     assert json.loads(capsys.readouterr().out)["chunking"]["chunk_size"] == 40  # plain JSON, no comment line
 
 
+@pytest.mark.slow
 def test_piped_config_and_run_output(tmp_path):
     """Output to a reader that has gone ends quietly (no BrokenPipeError); a `run` whose stderr is a pipe
     reports each stage and every 10% of the frames as plain lines instead of a live bar."""

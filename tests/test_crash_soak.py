@@ -154,6 +154,7 @@ def test_kill9_at_20_random_moments(tmp_path: Path):
     assert not list((soak / "work").iterdir()) and not list((soak / "outbox").glob(".*"))
 
 
+@pytest.mark.slow
 def test_a_lost_database_is_rebuilt_from_work_folders(tmp_path: Path):
     root = _root(tmp_path / "root", 10)
     clip = make_clip(tmp_path / "long", n=60, size=(96, 64), prompts={"objects": [point_prompt((96, 64))]})

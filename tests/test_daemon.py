@@ -20,6 +20,7 @@ from tests.daemon_process import status as _status
 from tests.daemon_process import stop as _stop
 from tests.daemon_process import wait as _wait
 from tests.daemon_process import write_config
+import pytest
 
 def _setup(tmp_path: Path, chunk: int = 50) -> Path:
     (tmp_path / "inbox").mkdir()
@@ -85,6 +86,7 @@ def test_bad_folders_fail_alone_and_the_good_one_is_done(tmp_path: Path):
     assert len(list((tmp_path / "outbox" / "good" / "masks").glob("*.png"))) == 6
 
 
+@pytest.mark.slow
 def test_sigterm_then_kill9_then_resume_to_the_end(tmp_path: Path):
     _setup(tmp_path, chunk=10)
     clip = make_clip(tmp_path / "staging" / "long", n=60, size=(96, 64), prompts={"objects": [point_prompt((96, 64))]})

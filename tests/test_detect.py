@@ -178,6 +178,7 @@ def test_detector_boxes_per_chunk_match_ground_truth(clip, cls, tmp_path: Path):
     assert float(np.median(best)) >= 0.6, best
 
 
+@pytest.mark.slow
 def test_detect_mode_end_to_end_on_the_dog_clip(tmp_path: Path, model_pool):
     images, masks = data_path("vos", "dog", "images"), data_path("vos", "dog", "masks")
     clip = tmp_path / "dog"
@@ -225,6 +226,7 @@ def test_yolo_dataset_from_masks(tmp_path: Path):
     assert np.array_equal(cv2.cvtColor(written, cv2.COLOR_BGR2RGB), picture)
 
 
+@pytest.mark.slow
 def test_self_training_then_detecting(tmp_path: Path, model_pool):
     """Track the pointed-at object through the first frames, train YOLO on those masks (1 epoch,
     64 px), then detect the rest with it. Random SAM2 weights make the labels meaningless; the path
@@ -325,6 +327,7 @@ def test_an_object_the_detector_misses_carries_on_then_ends(tmp_path: Path, para
     assert [(e.object_id, e.frame) for e in ended] == [(2, 20)]
 
 
+@pytest.mark.slow
 def test_independent_chunks_on_the_dog_clip_resume_to_the_same_masks(tmp_path: Path, model_pool):
     """Real YOLO and SAM2 (random weights), chunks of 10 run two at a time: chunks with detections
     run from them, the one without carries on from the hand-over, and a job stopped mid-way resumes to exactly the masks of one that never stopped."""

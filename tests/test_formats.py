@@ -134,6 +134,7 @@ def test_object_classes_take_the_detector_class_most_prompts_named(tmp_path: Pat
     assert object_classes(path) == {1: "dog", 3: "person"}
 
 
+@pytest.mark.slow
 def test_a_job_writes_its_formats_and_refuses_one_it_cannot(tmp_path: Path):
     clip = make_clip(tmp_path / "clip", n=4, size=(96, 64), prompts={"objects": [point_prompt((96, 64))]})
     sets = [a for s in (*FAST, f"output.formats={json.dumps(list(ALL))}") for a in ("--set", s)]
@@ -151,6 +152,7 @@ def test_a_job_writes_its_formats_and_refuses_one_it_cannot(tmp_path: Path):
     assert "RANDOM weights" not in r.stderr  # refused before SAM2 was built
 
 
+@pytest.mark.slow
 def test_detector_classes_name_the_coco_categories(tmp_path: Path):
     frames = sorted(data_path("vos", "dog", "images").glob("*.jpg"))[:10]
     yolo = data_path("models", "yolo11n-coco-dequant.pt")

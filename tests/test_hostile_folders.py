@@ -67,6 +67,7 @@ def _finished(root: Path, count: int, proc) -> list[dict]:
     return dp.wait(done, 600, f"{count} jobs to finish", proc)
 
 
+@pytest.mark.slow
 def test_hostile_folders_in_a_running_daemon(tmp_path: Path):
     _config(tmp_path)
     inbox, trusted = tmp_path / "inbox", tmp_path / "trusted"
@@ -234,6 +235,7 @@ def mounts():
         subprocess.run(["umount", "-l", str(target)], capture_output=True)
 
 
+@pytest.mark.slow
 @needs_mount
 def test_read_only_inbox_fails_the_job_and_loses_nothing(tmp_path: Path, mounts):
     _config(tmp_path)

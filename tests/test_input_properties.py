@@ -78,6 +78,7 @@ prompt_documents = st.one_of(
     }))
 
 
+@pytest.mark.slow
 @settings(max_examples=3000, **SETTINGS)
 @given(doc=prompt_documents)
 def test_prompts_json_documents(clip: Path, doc):
@@ -103,6 +104,7 @@ def test_prompts_json_documents(clip: Path, doc):
                       prompt_documents.map(lambda d: b"\xef\xbb\xbf" + json.dumps(d).encode()),
                       st.integers(1, 5000).map(lambda n: b'{"objects": ' + b"[" * n + b"]" * n + b"}"),
                       st.integers(1, 6000).map(lambda n: b'{"detect": {"min_confidence": ' + b"9" * n + b"}}")))
+@pytest.mark.slow
 def test_prompts_json_bytes(tmp_path_factory, data: bytes):
     root = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
     try:
@@ -175,6 +177,7 @@ def job_tomls(draw) -> str:
 @settings(max_examples=2500, **SETTINGS)
 @given(text=st.one_of(job_tomls(), st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
                      st.integers(1, 6000).map(lambda n: "[chunking]\nprefetch = " + "9" * n + "\n")))
+@pytest.mark.slow
 def test_job_toml(tmp_path_factory, text: str):
     root = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
     try:

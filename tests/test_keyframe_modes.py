@@ -196,6 +196,7 @@ def test_keyframe_modes_end_to_end(tmp_path: Path, model_pool, kind):
         assert any("dropped" in w for w in manifest["warnings"])
 
 
+@pytest.mark.slow
 def test_refine_resumes_to_the_same_masks(tmp_path: Path, model_pool):
     from core.errors import Cancelled
 

@@ -104,6 +104,7 @@ def test_matting_with_sam2_from_prompts(tmp_path: Path, model_pool):
     assert any(u["source"] == "user" for u in used)
 
 
+@pytest.mark.slow
 def test_matting_without_prompts_detects_people(tmp_path: Path, model_pool):
     images = data_path("vos", "bmx-trees", "images")
     yolo = data_path("models", "yolo11n-coco-dequant.pt")

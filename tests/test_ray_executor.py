@@ -119,6 +119,7 @@ def test_without_ray_the_daemon_says_how_to_install_it(tmp_path: Path, monkeypat
 
 # ---------------------------------------------------------------- a private Ray instance
 
+@pytest.mark.slow
 def test_jobs_spread_over_two_actors_and_survive_a_killed_actor(tmp_path: Path):
     """Three clips on two actors: every job done on both workers; one actor process killed mid-job costs
     that job at most the chunk in flight, and its masks equal those of the same clip run without a kill."""
@@ -150,6 +151,7 @@ def test_jobs_spread_over_two_actors_and_survive_a_killed_actor(tmp_path: Path):
     assert not [p for p in (tmp_path / "work").iterdir()], "work/ keeps something"
 
 
+@pytest.mark.slow
 def test_cancel_and_sigterm_reach_a_remote_job(tmp_path: Path):
     _config(tmp_path, workers=1)
     _drop(tmp_path, "long", 120)
@@ -173,6 +175,7 @@ def test_cancel_and_sigterm_reach_a_remote_job(tmp_path: Path):
     assert job["state"] == "interrupted" and job["frames_done"] < 120
 
 
+@pytest.mark.slow
 def test_an_actor_that_cannot_see_the_work_folder_is_refused(tmp_path: Path):
     """The real actor reads back a file the daemon wrote into work/; here it finds another token, as an
     actor on a node with a local folder of the same name would."""
@@ -206,6 +209,7 @@ def test_an_actor_that_cannot_see_the_work_folder_is_refused(tmp_path: Path):
 
 # ---------------------------------------------------------------- two simulated nodes
 
+@pytest.mark.slow
 def test_two_nodes_one_removed_mid_job(tmp_path: Path):
     """A cluster of two worker nodes (one CPU each, the head runs no actor): jobs run on both; removing
     the node of a running job requeues it and it ends on the other node with the same masks."""
@@ -244,6 +248,7 @@ def test_two_nodes_one_removed_mid_job(tmp_path: Path):
         assert all(np.array_equal(m, r) for m, r in zip(_masks(tmp_path, name), reference)), f"{name}'s masks differ"
 
 
+@pytest.mark.slow
 def test_a_training_job_runs_on_an_actor(tmp_path: Path):
     """A queued U-Net training runs on the worker's actor; its epochs, curves and files arrive as locally."""
     import threading
@@ -278,6 +283,7 @@ def test_a_training_job_runs_on_an_actor(tmp_path: Path):
     assert (Path(job.output_path) / "best.pt").is_file()
 
 
+@pytest.mark.slow
 def test_a_restarted_daemon_finds_its_actor_again(tmp_path: Path):
     """On a cluster the actors outlive a daemon killed with SIGKILL: the next daemon finds the same actor
     process (models loaded), stops what it still ran for the dead daemon, and the job resumes."""
@@ -311,6 +317,7 @@ def test_a_restarted_daemon_finds_its_actor_again(tmp_path: Path):
     assert len(_masks(tmp_path, "a")) == 36
 
 
+@pytest.mark.slow
 def test_independent_detect_chunks_fan_out_to_an_idle_actor(tmp_path: Path):
     """One detect job with detect.parallel_chunks = 2 on two actors: solo passes also run on the idle
     actor (the manifest lists them), and the masks equal a plain `reelmask run` of the same folder."""
@@ -357,6 +364,7 @@ def test_independent_detect_chunks_fan_out_to_an_idle_actor(tmp_path: Path):
     assert all(same), f"{same.count(False)} of 40 masks differ"
 
 
+@pytest.mark.slow
 def test_a_daemon_joins_through_ray_client(tmp_path: Path):
     """ray.address = "ray://HOST:PORT" (Ray Client, for a daemon outside the cluster): jobs run on the
     cluster's actors and their events come back as with a direct connection."""

@@ -10,8 +10,10 @@ from pathlib import Path
 from core.store import since_retry
 from tests import daemon_process as dp
 from tests.conftest import make_clip, point_prompt
+import pytest
 
 
+@pytest.mark.slow
 def test_retry_with_new_settings_after_fixing_the_folder(tmp_path: Path):
     root = tmp_path
     dp.write_config(root)

@@ -35,6 +35,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_objects_across_chunks_in_both_directions(tmp_path: Path, model_pool):
     size = (160, 120)
     clip = make_clip(tmp_path / "clip", n=14, size=size, name="frame_{i}.png", objects=2, prompts={"objects": [
@@ -121,6 +122,7 @@ def test_job_toml_overrides_and_mode(tmp_path: Path):
     assert job.config.chunking.chunk_size == 7 and job.choice.reason == "mode in job.toml"
 
 
+@pytest.mark.slow
 def test_real_dog_clip(tmp_path: Path, model_pool):
     """DAVIS dog (854x480 real frames): prompt at the ground truth's centre, two chunks."""
     images = data_path("vos", "dog", "images")
@@ -142,6 +144,7 @@ def test_real_dog_clip(tmp_path: Path, model_pool):
         assert im.size == (854, 480) and im.mode == "P"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_after", [3, 9, 14])
 def test_resume_gives_the_same_masks_as_an_uninterrupted_run(tmp_path: Path, model_pool, stop_after):
     """Interrupted in the backward sweep, between sweeps, or in the forward sweep: a resumed job

@@ -120,6 +120,7 @@ def test_batches_hold_one_kind_and_every_sample_once_an_epoch():
 
 # ------------------------------------------------------------------ training
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_leaves_the_encoder_bit_identical(tmp_path: Path, monkeypatch):
     import torch
 
@@ -165,6 +166,7 @@ def test_training_lowers_the_loss_and_leaves_the_encoder_bit_identical(tmp_path:
     assert len(list((out / "cache").glob("*.npz"))) == 12                       # each frame encoded once
 
 
+@pytest.mark.slow
 def test_resume_reuses_the_cache_and_continues(tmp_path: Path):
     data = make_davis(tmp_path / "davis", sequences=("a", "b"), n=3)
     out = tmp_path / "run"
@@ -287,6 +289,7 @@ def test_every_sam2_mode_runs_with_the_decoder_and_records_it(tmp_path: Path, de
 
 # ------------------------------------------------------------------ real clips
 
+@pytest.mark.slow
 def test_real_clips_loss_falls_at_256_with_random_weights(tmp_path: Path):
     vos = data_path("vos")
     data = tmp_path / "data"
@@ -332,6 +335,7 @@ def test_daemon_job_records_the_untrained_scores_and_an_early_stop(tmp_path: Pat
     assert any("RANDOM weights" in e["message"] and e["level"] == "warning" for e in store.events(job_id=job_id))
 
 
+@pytest.mark.slow
 def test_cli_trains_in_the_foreground(tmp_path: Path):
     import subprocess
 

@@ -283,11 +283,16 @@ async def test_dashboard_commands_under_a_held_write_lock(tmp_path: Path):
         await _until(pilot, lambda: table.row_count == 1, "the queue (WAL reads go on under the lock)")
         for i, key in enumerate(("c", "p", "r")):
             await pilot.press(key)
+            if key == "c":  # cancel asks first
+                await pilot.pause()
+                await pilot.press("y")
             await _until(pilot, lambda: len(notes) > i, f"'{key}' to be reported")
         assert len(notes) == 3 and all("not sent" in n and "is busy" in n and "try again" in n for n in notes), notes
         assert app.db_problem is None and app.title == "reelmask"
         holder.execute("ROLLBACK")
         await pilot.press("c")
+        await pilot.pause()
+        await pilot.press("y")
         await _until(pilot, lambda: notes[-1].startswith("cancel requested"), "the cancel to be sent")
         assert app.is_running
     assert [(c.kind, c.job_id) for c in store.pending_commands()] == [("cancel", job)]

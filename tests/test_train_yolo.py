@@ -155,6 +155,7 @@ def test_train_from_a_yolo_dataset(tmp_path: Path):
     assert (data / "data.yaml").read_text().startswith("path: .")      # the user's yaml untouched
 
 
+@pytest.mark.slow
 def test_cancel_then_resume(tmp_path: Path):
     data = make_seg_dataset(tmp_path / "data")
     out = tmp_path / "run"

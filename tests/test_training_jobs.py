@@ -97,6 +97,7 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*reelmask_command(), *args], cwd=tmp_path, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_train_in_the_foreground_and_queued(tmp_path: Path):
     data = make_seg_dataset(tmp_path / "dataset")
     sets = [a for s in TINY for a in ("--set", s)]

@@ -227,6 +227,7 @@ def test_corrupt_frame_fails_naming_the_file(tmp_path: Path):
         assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_real_clips_loss_falls(tmp_path: Path):
     """DAVIS dog + car-shadow as DATA/train/<clip> (symlinks), every 2nd frame at 64 px."""
     data = tmp_path / "data"

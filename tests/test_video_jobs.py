@@ -52,6 +52,7 @@ def prompts(frame: int = 7) -> dict:
                         {"id": 2, "frame": 2, "box": [100, 50, 300, 200]}]}
 
 
+@pytest.mark.slow
 def test_lossless_video_gives_the_masks_of_its_frames(tmp_path: Path, dog, model_pool):
     """PNG-in-mov and FFV1 decode to exactly the frames: track mode (forward and backward, three chunks)
     writes masks equal to the frame folder's, with the same names."""
@@ -82,6 +83,7 @@ def test_lossless_video_gives_the_masks_of_its_frames(tmp_path: Path, dog, model
     assert not (tmp_path / "out-frames" / "frames.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_h264_video_resumes_frame_accurately(tmp_path: Path, dog, model_pool):
     """An H.264 job stopped part way resumes from its checkpoint (the decoder seeks to the keyframe before
     the chunk) and ends with the masks of an uninterrupted run of the same file."""
@@ -108,6 +110,7 @@ def test_h264_video_resumes_frame_accurately(tmp_path: Path, dog, model_pool):
         assert np.array_equal(a[name], b[name]), name
 
 
+@pytest.mark.slow
 def test_run_a_video_file_with_formats_on_its_own_timeline(tmp_path: Path, dog):
     """`reelmask run FILE` on a variable-rate H.264 file: detect mode (real YOLO), the mask video carries the
     source's timestamps, coco.json decodes to the masks, frames.jsonl has every frame's time."""
@@ -185,6 +188,7 @@ def test_a_video_still_being_copied_is_not_taken(tmp_path: Path):
     assert other in [e for e, _ in watcher.ready(now=209.6)]
 
 
+@pytest.mark.slow
 def test_daemon_takes_bare_video_files_and_submitted_ones(tmp_path: Path, dog):
     """A video file dropped into the inbox becomes a job named after its stem once its marker appears (or it
     settles) and moves through work/ to done/<stem>/; `reelmask submit FILE` queues a file where it is."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from daemon.watcher import Inbox, InboxWatcher
 from tests.daemon_process import scaled
+import pytest
 
 
 def _watcher(tmp_path: Path, settle=1.0, polling=False) -> tuple[InboxWatcher, Path]:
@@ -15,6 +16,7 @@ def _watcher(tmp_path: Path, settle=1.0, polling=False) -> tuple[InboxWatcher, P
     return InboxWatcher([Inbox(inbox, None)], settle, polling=polling, poll_interval=0.2), inbox
 
 
+@pytest.mark.slow
 def test_copy_in_progress_is_not_ready_until_quiet(tmp_path: Path):
     w, inbox = _watcher(tmp_path, settle=1.5)
     w.start()

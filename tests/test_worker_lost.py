@@ -9,6 +9,7 @@ from core.config import load_config
 from core.store import Store
 from daemon.worker import MAX_WORKERS_LOST, Worker, WorkerLost
 from tests.conftest import make_clip, point_prompt
+import pytest
 
 
 class DyingWorker(Worker):
@@ -26,6 +27,7 @@ class DyingWorker(Worker):
                 raise WorkerLost(f"{self.name} was lost while running this job (test)")
 
 
+@pytest.mark.slow
 def test_a_lost_worker_requeues_then_gives_up(tmp_path: Path):
     cfg = load_config(None, ["models.sam2_weights=random", "models.image_size=256", "output.preview=false",
                              "chunking.chunk_size=4", "limits.min_free_mb=0", f"paths.db={tmp_path / 'state.db'}",
