@@ -175,6 +175,10 @@ def test_training_lowers_the_loss_and_writes_the_run(trained):
     index = json.loads((out / "cache" / "index.json").read_text())
     assert (index["samples"], index["computed"], index["reused"]) == (10, 10, 0)
     assert len(list((out / "cache").glob("*.npz"))) == 10 and not list(data.rglob("*.npz"))
+    import cv2
+
+    preview = cv2.imread(str(out / "val_preview.png"))  # the dashboard's picture of the run
+    assert preview is not None and preview.std() > 5
 
 
 def test_resume_reuses_the_sam2_cache(trained, tmp_path: Path):

@@ -100,7 +100,7 @@ class PreviewReader:
         except OSError:
             st = None
         if st is None:
-            return "no validation picture yet (the unet trainer writes one after each epoch)"
+            return "no validation picture yet (the unet and matting trainers write one after each epoch)"
         key = (str(path), st.st_mtime_ns, st.st_size, width, rows)
         if key == self._key and self._image is not None:
             return self._image

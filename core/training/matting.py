@@ -31,6 +31,7 @@ from core.training.events import RANDOM_SAM2, EpochEnd, TrainFinished, TrainStar
 from core.training.matting_cache import CachedSamples, FeatureCache
 from core.training.matting_data import (BACKGROUNDS, backgrounds_folder, find_backgrounds, find_dataset,
                                         split)
+from core.training.runs import write_val_preview
 from core.training.runs import BEST, LAST, batches, previous_run, optimise, resume_state, save_epoch, data_workers
 
 CACHE = "cache"
@@ -141,7 +142,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
             loss_sum, seen = loss_sum + value * len(rgb), seen + len(rgb)
             yield TrainStep(epoch, step, total, value)
 
-        scores = _validate(model, val_clips, cache, device, t, should_stop) if n_val else {}
+        scores = _validate(model, val_clips, cache, device, t, should_stop, preview=out) if n_val else {}
         seconds = time.perf_counter() - epoch_began
         metrics = {"epoch": epoch, "train_loss": round(loss_sum / max(seen, 1), 6),
                    **{k: scores.get(k) for k in ("val_loss", "val_sad", "val_mse", "val_grad", "val_dtssd")},
@@ -162,9 +163,11 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
     yield TrainFinished(out, out / BEST, out / LAST, best_metrics, time.perf_counter() - began)
 
 
-def _validate(model, clips, cache: FeatureCache, device, t: TrainConfig, should_stop) -> dict:
+def _validate(model, clips, cache: FeatureCache, device, t: TrainConfig, should_stop,
+              preview: Path | None = None) -> dict:
     """Validation clips in frame order: weighted L1, and SAD / MSE / gradient error per frame and
-    dtSSD per clip (core.matting.metrics), averaged."""
+    dtSSD per clip (core.matting.metrics), averaged. With `preview` (the run folder), the first
+    validation frame's matte goes to val_preview.png there."""
     import torch
 
     from core.matting.metrics import dtssd, gradient_error, mse, sad
@@ -184,6 +187,12 @@ def _validate(model, clips, cache: FeatureCache, device, t: TrainConfig, should_
                 losses.append(weighted_l1(logits, target, t.semi_weight).item() * len(target))
                 preds.extend(torch.sigmoid(logits.float())[:, 0].cpu().numpy())
                 gts.extend(target[:, 0].cpu().numpy())
+                if preview is not None and len(preds) == len(target):  # the first batch of the first clip
+                    first = np.asarray(rgb[0])
+                    if first.ndim == 3 and first.shape[-1] != 3:
+                        first = first.transpose(1, 2, 0)
+                    if first.shape[:2] == preds[0].shape:
+                        write_val_preview(preview, first.astype(np.uint8), preds[0] > 0.5, gts[0] > 0.5)
             for p, g in zip(preds, gts):
                 sads.append(sad(p, g))
                 mses.append(mse(p, g))
