@@ -355,7 +355,10 @@ class _Decoder:
     def _seek_to(self, index: int) -> np.ndarray:
         av = _av()
         info = self.info
-        key = info.keyframes[max(0, bisect.bisect_right(info.keyframes, index) - 1)]
+        at = bisect.bisect_right(info.keyframes, index) - 1
+        # before the first shown keyframe (a file cut without re-encoding: its keyframe is hidden by the
+        # edit list): seek to the start, which lands on that hidden keyframe
+        key = info.keyframes[at] if at >= 0 else 0
         if self.container is None:
             try:
                 self.container = _open(info.path)
