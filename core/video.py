@@ -201,13 +201,18 @@ def _index(container, stream, name: str, max_frames: int, time_base: Fraction):
     pts: list[int] = []
     keys: list[int] = []
     damage = ""
-    expected = stream.frames or 0
+    expected = stream.frames or 0  # samples the container's index lists (hidden ones included)
+    hidden = 0
     try:
         for packet in container.demux(stream):
             if packet.size == 0 and packet.pts is None and packet.dts is None:
                 continue  # the demuxer's end-of-stream marker
             if getattr(packet, "is_discard", False):
-                continue  # outside the container's edit list: never shown
+                hidden += 1  # outside the container's edit list: decoded for reference, never shown
+                if hidden > max_frames:
+                    raise FrameFolderError(f"video {name} holds more than {max_frames:,} hidden pictures "
+                                           "(limits.max_frames); re-export it")
+                continue
             stamp = packet.pts if packet.pts is not None else packet.dts
             if stamp is None:
                 raise FrameFolderError(
@@ -225,7 +230,7 @@ def _index(container, stream, name: str, max_frames: int, time_base: Fraction):
                     "files, or ask the daemon's owner to raise the limit")
     except av.error.FFmpegError as e:
         damage = f"reading stopped after {len(pts)} frames{_when(pts[-1] if pts else None, time_base)} ({_reason(e)})"
-    return pts, keys, damage, expected
+    return pts, keys, damage, max(0, expected - hidden)
 
 
 def _pictures(container, stream):
