@@ -322,6 +322,25 @@ class RayPool:
         self.cls = None
         self.plans: list[WorkerPlan] = []
 
+    def _client_connect(self, ray, address: str, attempts: int = 3) -> None:
+        """Ray Client's server starts a server process per client, and that start can fail for a moment (seen
+        on a busy machine: the process exits at once, "Initialization failure from server"); such a connect
+        is tried again, twice, before the daemon gives up. An address nobody answers on fails at once."""
+        for attempt in range(1, attempts + 1):
+            try:
+                ray.init(address=address, namespace=self.namespace)
+                return
+            except Exception as e:
+                if attempt == attempts or "from server" not in str(e):  # unreachable: no point asking again
+                    raise
+                log.warning("joining the Ray cluster at %s failed (%s); trying again (%d of %d)", address,
+                            str(e).splitlines()[0][:200], attempt + 1, attempts)
+                try:
+                    ray.shutdown()
+                except Exception:  # nothing was connected
+                    pass
+                time.sleep(2.0 * attempt)
+
     def start(self) -> list[WorkerPlan]:
         """Connect to (or start) Ray and plan the workers; raises ConfigError when Ray is missing or unreachable."""
         try:
@@ -342,7 +361,7 @@ class RayPool:
                 ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need),
                          object_store_memory=200 * 2**20, **common)
             elif "://" in r.address:  # Ray Client: only what a client may set
-                ray.init(address=r.address, namespace=self.namespace)
+                self._client_connect(ray, r.address)
             else:
                 ray.init(address=r.address, **common)
         except Exception as e:  # ConnectionError, RuntimeError, ValueError: Ray's own words say why
