@@ -264,3 +264,17 @@ def test_matting_a_video_folder_equals_its_frames_and_keeps_its_timeline(tmp_pat
         assert np.array_equal(a, b), i
     with av.open(str(tmp_path / "out-video" / "alpha.mov")) as mov:
         assert [round(float(f.pts * f.time_base) * 1000) for f in mov.decode(video=0)] == stamps
+
+
+def test_preview_of_a_video_keeps_its_timeline(tmp_path: Path, model_pool):
+    """preview.mp4 (H.264) of a variable-rate video carries each picture's own timestamp."""
+    frames = [np.full((64, 96, 3), 20 * i, np.uint8) for i in range(6)]
+    stamps = [0, 40, 200, 240, 600, 640]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    encode(folder / "v.mkv", frames, codec="ffv1", pix_fmt="bgr0", pts=stamps, time_base=Fraction(1, 1000))
+    (folder / "prompts.json").write_text(json.dumps({"objects": [{"id": 1, "frame": 2, "points": [[40, 30]]}]}))
+    list(run_job(prepare_job(folder, cfg("output.preview=true")), tmp_path / "out", models=model_pool))
+    with av.open(str(tmp_path / "out" / "preview.mp4")) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+        assert [round(float(f.pts * f.time_base) * 1000) for f in c.decode(video=0)] == stamps

@@ -24,7 +24,6 @@ Matting jobs only:
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -33,6 +32,7 @@ import numpy as np
 from core.errors import ConfigError
 from core.frames import FrameFolder
 from core.outputs.masks import read_mask
+from core.outputs.video_file import VideoFile
 
 FORMATS = ("png", "coco", "ytvis", "yolo-seg", "keep-mask", "mask-video", "png16", "prores")
 MATTING_FORMATS = ("png16", "prores")
@@ -263,41 +263,12 @@ class _KeepMask:
         pass
 
 
-class _VideoFile:
-    """One video stream written frame by frame with PyAV (its own FFmpeg: no system FFmpeg needed)."""
+class _VideoFile(VideoFile):
+    """A format's video at the frames' size, on a video input's own timeline."""
 
     def __init__(self, path: Path, folder: FrameFolder, fps: float, codec: str, pix_fmt: str,
                  options: dict[str, str] | None = None):
-        import av
-
-        self.av = av
-        self.container = av.open(str(path), mode="w")
-        source = folder.source
-        # a video input's own timeline (its frame rate, variable or not): every mask lands on its picture
-        rate = source.rate if source is not None and source.rate else Fraction(fps).limit_denominator(1001)
-        self.stream = self.container.add_stream(codec, rate=rate)
-        self.stream.width, self.stream.height = folder.width, folder.height
-        self.stream.pix_fmt = pix_fmt
-        self.stream.options = options or {}
-        self.pts = None
-        if source is not None:
-            self.stream.codec_context.time_base = source.time_base
-            self.pts = [p - source.pts[0] for p in source.pts]
-        self.index = 0
-        self.made = [path.name]
-
-    def encode(self, array: np.ndarray, fmt: str) -> None:
-        frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format=fmt)
-        if self.pts is not None:
-            frame.pts, frame.time_base = self.pts[self.index], self.stream.codec_context.time_base
-        self.index += 1
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
-
-    def close(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
+        super().__init__(path, (folder.width, folder.height), codec, pix_fmt, fps, folder.source, options)
 
 
 class _MaskVideo(_VideoFile):

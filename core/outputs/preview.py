@@ -14,44 +14,21 @@ A job on random SAM2 weights carries a red banner on every frame, so nobody mist
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from core.outputs.masks import davis_palette
+from core.outputs.video_file import VideoFile
 
 RANDOM_BANNER = "RANDOM SAM2 WEIGHTS - these masks are meaningless"
 
 
-class PreviewVideo:
-    """An H.264 (yuv420p) mp4 written frame by frame; `pts` (in `time_base`) keeps a video input's timeline."""
-
-    def __init__(self, path: Path, size: tuple[int, int], fps: float, time_base: Fraction | None = None):
-        import av
-
-        self.av = av
-        self.container = av.open(str(path), mode="w", options={"movflags": "+faststart"})
-        self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        self.stream.width, self.stream.height = size
-        self.stream.pix_fmt = "yuv420p"
-        self.stream.options = {"crf": "23", "preset": "veryfast"}
-        if time_base is not None:
-            self.stream.codec_context.time_base = time_base
-        self.time_base = time_base
-
-    def write(self, rgb: np.ndarray, pts: int | None = None) -> None:
-        frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        if pts is not None and self.time_base is not None:
-            frame.pts, frame.time_base = pts, self.time_base
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
-
-    def close(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
+def preview_video(path: Path, size: tuple[int, int], fps: float, source=None) -> VideoFile:
+    """preview.mp4: H.264 in yuv420p with its index first, so it plays while it downloads."""
+    return VideoFile(path, size, "libx264", "yuv420p", fps, source, {"crf": "23", "preset": "veryfast"},
+                     {"movflags": "+faststart"})
 
 
 def annotate(frame: np.ndarray, id_map: np.ndarray, prompts: list[dict], scale: float,

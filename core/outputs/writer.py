@@ -17,7 +17,8 @@ import numpy as np
 from core.engine.events import PromptUsed
 from core.frames import FrameFolder
 from core.outputs.masks import fill_small_holes, overlay, read_mask, write_palette_png
-from core.outputs.preview import PreviewVideo, annotate
+from core.outputs.preview import annotate, preview_video
+from core.outputs.video_file import VideoFile
 
 PROMPTS_USED = "prompts_used.jsonl"
 PREVIEW = "preview.mp4"
@@ -66,7 +67,7 @@ class OutputWriter:
         self._fill = fill_hole_area
         self.png16 = png16  # matting: also 16-bit mattes in alpha16/
         self._preview = preview
-        self._video: PreviewVideo | None = None
+        self._video: VideoFile | None = None
         self._frame_prompts: dict[int, list[dict]] = {}  # prompts of frames not in preview.mp4 yet
         self._next_preview = 0
         self._written: set[int] = set()
@@ -216,7 +217,7 @@ class OutputWriter:
             id_map = cv2.resize(id_map, size, interpolation=cv2.INTER_NEAREST)
         source = self.folder.source
         if self._video is None:
-            self._video = PreviewVideo(self.root / PREVIEW, size, p.fps, source.time_base if source else None)
+            self._video = preview_video(self.root / PREVIEW, size, p.fps, source)
         alpha_path = self.root / ALPHA_DIR / f"{self.folder.stem(index)}.png"
         if alpha_path.is_file():  # matting: the cut-out over a checkerboard shows the matte itself
             alpha = cv2.imread(str(alpha_path), cv2.IMREAD_GRAYSCALE)
@@ -226,7 +227,7 @@ class OutputWriter:
         else:
             frame = overlay(rgb, id_map, p.opacity)
         frame = annotate(frame, id_map, self._frame_prompts.pop(index, []), scale, p.banner)
-        self._video.write(frame, source.pts[index] - source.pts[0] if source else None)
+        self._video.encode(frame)  # frames come in order: a video input's own timestamps follow
 
 
 def over_checkerboard(rgb: np.ndarray, alpha: np.ndarray, cell: int = 16) -> np.ndarray:
