@@ -189,8 +189,8 @@ async def test_gpu_panel_shows_each_nodes_devices_and_the_job_running_there(tmp_
 
 def test_commands_are_in_the_palette_and_bindings_are_named():
     names = {b.action: b.description for b in ReelmaskApp.BINDINGS}
-    assert names == {"cancel_job": "Cancel", "retry_job": "Retry", "toggle_pause": "Pause/Resume", "train": "Train",
-                     "cycle_filter": "Filter", "toggle_preview": "Preview", "quit": "Quit"}
+    assert names == {"cancel_job": "Cancel", "retry_job": "Retry", "toggle_pause": "Pause", "train": "Train",
+                     "cycle_filter": "Filter", "toggle_preview": "Preview", "show_events": "Events", "quit": "Quit"}
 
 
 @_sync
@@ -198,7 +198,37 @@ async def test_palette_lists_the_actions(tmp_path: Path):
     app = ReelmaskApp(_cfg(tmp_path))
     async with app.run_test(size=(80, 24)):
         titles = {c.title for c in app.get_system_commands(app.screen)}
-    assert {"Cancel job", "Retry job", "Pause / resume queue", "Train a model", "Filter by state"} <= titles
+    assert {"Cancel job", "Retry job", "Pause / resume queue", "Train a model", "Filter by state", "Events"} <= titles
+
+
+@_sync
+async def test_an_event_selected_in_the_list_is_shown_whole(tmp_path: Path):
+    """`e` lists the events one line each; the highlighted one is shown whole below, even a long
+    error that the events panel at 80 columns has to wrap."""
+    from textual.widgets import OptionList
+
+    cfg = _cfg(tmp_path)
+    store = Store(cfg.path(cfg.paths.db))
+    job = store.add_job("clip", "inbox/clip")
+    tail = "copy the frame again from the camera card, then run `reelmask retry " + job[:8] + "`"
+    long = "frame 00017.jpg is truncated (2048 of 91533 bytes); " + "x" * 120 + " " + tail
+    store.log("error", long, job)
+    store.log("info", "training unet: epoch 3 val_iou 0.812; best.pt in runs/unet-dataset/best.pt", None)
+    app = ReelmaskApp(cfg, refresh_seconds=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _settle(app, pilot)
+        await pilot.press("e")
+        await pilot.pause()
+        listing = app.screen.query_one(OptionList)
+        assert listing.option_count == 2 and listing.highlighted == 1   # the newest selected first
+        assert "best.pt in runs/unet-dataset/best.pt" in str(app.screen.query_one("#events-whole").render())
+        await pilot.press("up")
+        await pilot.pause()
+        whole = str(app.screen.query_one("#events-whole").render())
+        assert tail in whole.replace("\n", "") and job in whole and "error" in whole
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not app.screen.query("#events-list")
 
 
 @_sync
@@ -243,6 +273,53 @@ async def test_preview_pane_draws_the_latest_frame_with_its_masks(tmp_path: Path
     shown = PreviewReader().read(store.job(job), 40, 15)
     corner = shown.rgb[0, 0]  # outside the object: the frame's own grey (80), not the palette's black
     assert abs(int(corner[0]) - 80) <= 2 and shown.rgb.shape[1] == 40
+
+
+@_sync
+async def test_preview_in_terminal_graphics_where_the_terminal_has_them(tmp_path: Path):
+    """With Kitty graphics chosen (`--graphics kitty`, or what `auto` finds) the pane holds a
+    textual-image widget given the frame at more than half-block detail, and it draws Kitty's escape
+    codes; `halfblock` and a dashboard without a terminal to ask keep half blocks."""
+    import io
+
+    import numpy as np
+    from rich.console import Console
+    from textual_image.renderable.tgp import Image as TGPRenderable
+
+    from core.outputs.masks import write_palette_png
+    from tui.preview import pick_graphics
+
+    assert pick_graphics("halfblock")[0] is None
+    assert pick_graphics("auto")[0] is None   # pytest's stdout is no terminal: nothing is asked
+    widget, how = pick_graphics("kitty")
+    assert widget is not None and how == "kitty graphics"
+    assert pick_graphics("auto")[1] == "half blocks: no terminal"
+
+    cfg = _cfg(tmp_path)
+    clip = make_clip(tmp_path / "clip", n=2, size=(320, 240))
+    out = tmp_path / "outbox" / "clip"
+    (out / "masks").mkdir(parents=True)
+    ids = np.zeros((240, 320), np.uint8)
+    ids[60:180, 80:240] = 3
+    write_palette_png(out / "masks" / "00001.png", ids)
+    store = Store(cfg.path(cfg.paths.db))
+    job = store.add_job("clip", clip)
+    store.update_job(job, output_path=str(out), state="running")
+    app = ReelmaskApp(cfg, refresh_seconds=0.2, graphics=widget)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _settle(app, pilot)
+        await pilot.press("v")
+        await _settle(app, pilot)
+        graphic = app.query_one("#preview-graphics")
+        shown = graphic.image
+        assert graphic.display and not app.query_one("#preview-image").display
+        assert "frame 00001" in str(app.query_one("#preview-caption").render())
+    # more pixels than half blocks would give (about 16 columns there), never more than the frame has
+    assert 32 <= shown.size[0] <= 320 and abs(shown.size[0] / shown.size[1] - 4 / 3) < 0.1
+    console = Console(file=io.StringIO(), force_terminal=True, width=40)
+    console.print(TGPRenderable(shown, width=20, height=8))
+    # Kitty's placeholder cells (the picture itself goes to the terminal as an escape sequence)
+    assert "\U0010eeee" in console.file.getvalue()
 
 
 def test_the_dashboard_never_imports_torch(tmp_path: Path):
@@ -325,6 +402,17 @@ def test_snapshot_training_form_at_80x24(fixed_state, snap_compare):
         await pilot.pause()
 
     assert snap_compare(ReelmaskApp(cfg, refresh_seconds=60), terminal_size=(80, 24), run_before=open_form)
+
+
+def test_snapshot_events_list_at_80x24(fixed_state, snap_compare):
+    cfg, _ = fixed_state
+
+    async def open_events(pilot) -> None:
+        await _settle(pilot.app, pilot)
+        await pilot.press("e")
+        await pilot.pause()
+
+    assert snap_compare(ReelmaskApp(cfg, refresh_seconds=60), terminal_size=(80, 24), run_before=open_events)
 
 
 @_sync

@@ -26,7 +26,7 @@ from textual.widgets import DataTable, Footer, Header
 from core.config import Config
 from core.errors import StateError
 from core.store import Access, CommandKind, Store
-from tui.forms import ConfirmScreen, TrainForm, TrainRequest
+from tui.forms import ConfirmScreen, EventsScreen, TrainForm, TrainRequest
 from tui.state import STATE_FILTERS, LocalMemory, Snapshot, read_snapshot
 from tui.preview import PreviewReader
 from tui.widgets import EventLog, GpuPanel, JobPanel, PreviewPanel, QueueTable
@@ -38,10 +38,11 @@ class ReelmaskApp(App):
     BINDINGS = [
         Binding("c", "cancel_job", "Cancel"),
         Binding("r", "retry_job", "Retry"),
-        Binding("p", "toggle_pause", "Pause/Resume"),
+        Binding("p", "toggle_pause", "Pause"),
         Binding("t", "train", "Train"),
         Binding("f", "cycle_filter", "Filter"),
         Binding("v", "toggle_preview", "Preview"),
+        Binding("e", "show_events", "Events"),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -49,9 +50,12 @@ class ReelmaskApp(App):
     snapshot: reactive[Snapshot | None] = reactive(None)
     db_problem: reactive[str | None] = reactive(None)   # shown in the title while the database cannot be read
 
-    def __init__(self, cfg: Config, refresh_seconds: float = 1.0, lock_wait: float = 2.0):
-        """`lock_wait`: seconds a read or a command waits for another process's lock on the database."""
+    def __init__(self, cfg: Config, refresh_seconds: float = 1.0, lock_wait: float = 2.0, graphics=None,
+                 graphics_note: str = ""):
+        """`lock_wait`: seconds a read or a command waits for another process's lock on the database;
+        `graphics`: the textual-image widget class for the preview (tui.preview.pick_graphics), None for half blocks."""
         super().__init__()
+        self.graphics, self.graphics_note = graphics, graphics_note   # the note says why, shown on the pane
         self.cfg = cfg
         self.refresh_seconds = refresh_seconds
         self.lock_wait = lock_wait
@@ -69,7 +73,7 @@ class ReelmaskApp(App):
         with Horizontal(id="middle"):
             yield JobPanel(id="job")
             yield GpuPanel(id="gpu")
-            yield PreviewPanel(id="preview")
+            yield PreviewPanel(id="preview", graphics=self.graphics)
         yield EventLog(id="log", max_lines=500, wrap=True, markup=False, min_width=20)
         yield Footer()
 
@@ -82,8 +86,13 @@ class ReelmaskApp(App):
         self.query_one("#job").border_title = "job"
         self.query_one("#gpu").border_title = "memory (v: preview)"
         self.query_one("#preview").border_title = "preview (v: memory)"
+        if self.graphics_note:  # how the preview draws; a failed choice's reason once, as a notice
+            short, _, detail = self.graphics_note.partition("\n")
+            self.query_one("#preview").border_subtitle = short
+            if detail:
+                self.notify(detail, title=f"preview: {short}", severity="warning", timeout=10)
         self.query_one("#preview").display = False
-        self.query_one("#log").border_title = "events"
+        self.query_one("#log").border_title = "events (e: list, each whole)"
         self.query_one(QueueTable).focus()
         self.reload()
         self.set_interval(self.refresh_seconds, self.reload)
@@ -96,12 +105,12 @@ class ReelmaskApp(App):
         except NoMatches:  # quitting: the widgets are gone before the interval timer stops
             return
         pane = self.query_one(PreviewPanel)
-        size = pane.size_wanted() if pane.display else None
+        size = (*pane.size_wanted(), pane.detail) if pane.display else None
         self.read_state(table.selected_id, self.state_filter, log.last_id, size)
 
     @work(thread=True, exclusive=True, group="refresh")
     def read_state(self, selected: str | None, state: str | None, last_event: int,
-                   preview_size: tuple[int, int] | None = None) -> None:
+                   preview_size: tuple[int, int, int] | None = None) -> None:
         if not self._reading.acquire(blocking=False):
             return  # the previous read still waits for a lock; this refresh is skipped
         try:
@@ -237,6 +246,10 @@ class ReelmaskApp(App):
         pane.display, gpu.display = not pane.display, pane.display
         self.call_after_refresh(self.reload)  # once the pane has its size
 
+    def action_show_events(self) -> None:
+        """Every event shown so far in a list; the selected one whole, however long."""
+        self.push_screen(EventsScreen(self.query_one(EventLog).seen))
+
     def action_cycle_filter(self) -> None:
         i = STATE_FILTERS.index(self.state_filter)
         self.state_filter = STATE_FILTERS[(i + 1) % len(STATE_FILTERS)]
@@ -258,5 +271,6 @@ class ReelmaskApp(App):
         yield SystemCommand("Train a model", "Open the training form (t)", self.action_train)
         yield SystemCommand("Preview or memory", "Show the selected job's latest frame, or device memory (v)",
                             self.action_toggle_preview)
+        yield SystemCommand("Events", "List the events and show the selected one whole (e)", self.action_show_events)
         yield SystemCommand("Filter by state", "Show all, queued, running, done, failed ... jobs (f)",
                             self.action_cycle_filter)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.text import Text
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Select
+from textual.widgets import Button, Input, Label, OptionList, Select, Static
+from textual.widgets.option_list import Option
 
 from core.config import Config, parse_sets, with_overrides
 from core.errors import ReelmaskError
@@ -55,6 +58,57 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def action_answer(self, answer: bool) -> None:
         self.dismiss(answer)
+
+
+class EventsScreen(ModalScreen[None]):
+    """The events the dashboard has shown, newest last, one line each; the highlighted one is shown
+    whole underneath (its time, level, job and full message), however long it is."""
+
+    BINDINGS = [Binding("escape", "dismiss_screen", "Close"), Binding("e", "dismiss_screen", "Close", show=False),
+                Binding("q", "dismiss_screen", "Close", show=False)]
+
+    def __init__(self, events: list[dict]):
+        super().__init__()
+        self.events = list(events)
+
+    def compose(self) -> ComposeResult:
+        from tui.widgets import event_line
+
+        with Vertical(id="events-box"):
+            yield Label(f"events ({len(self.events)}): arrows select, escape closes", id="events-title")
+            options = []
+            width = max(20, self.app.size.width - 10)   # one line each, inside the box and the list's border
+            for e in self.events:
+                line = event_line(e, whole=False)
+                line.truncate(width, overflow="ellipsis")
+                options.append(Option(line, id=str(e["id"])))
+            yield OptionList(*options, id="events-list")
+            yield Static(id="events-whole")
+
+    def on_mount(self) -> None:
+        listing = self.query_one(OptionList)
+        if self.events:
+            listing.highlighted = len(self.events) - 1
+            self._show(len(self.events) - 1)
+        else:
+            self.query_one("#events-whole", Static).update(Text("no events yet", style="dim"))
+        listing.focus()
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        self._show(event.option_index)
+
+    def _show(self, index: int) -> None:
+        from tui.widgets import EVENT_STYLE
+
+        e = self.events[index]
+        whole = Text.assemble((e["ts"].replace("T", " ")[:19], "dim"), " ", (e["level"], EVENT_STYLE.get(e["level"], "")))
+        if e["job_id"]:
+            whole.append(f" · job {e['job_id']}", style="cyan")
+        whole.append("\n" + e["message"])
+        self.query_one("#events-whole", Static).update(whole)
+
+    def action_dismiss_screen(self) -> None:
+        self.dismiss(None)
 
 
 class TrainForm(ModalScreen[TrainRequest | None]):

@@ -1,6 +1,8 @@
 """The dashboard's preview pane: the selected job's latest finished frame with its masks and object ids,
 drawn with half-block characters (two pixels a character cell, so it works in any colour terminal,
-over SSH included). No torch here: frames are read with OpenCV, video pictures with PyAV.
+over SSH included), or with the terminal's own graphics (Kitty's graphics protocol or Sixel, through
+textual-image) where the terminal answers that it has them. No torch here: frames are read with
+OpenCV, video pictures with PyAV.
 """
 
 from __future__ import annotations
@@ -20,8 +22,43 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 @dataclass(frozen=True)
 class PreviewImage:
-    rgb: np.ndarray      # already at the pane's size: width x (2 x rows)
+    rgb: np.ndarray      # already at the pane's size: width x (2 x rows) pixels, times `detail` for graphics
     caption: str
+
+
+GRAPHICS = ("auto", "halfblock", "kitty", "sixel")
+
+
+def pick_graphics(choice: str = "auto"):
+    """The textual-image widget class that draws the preview in terminal graphics, or None for half
+    blocks. "auto" asks the terminal (once, before the dashboard takes it over) whether it speaks Sixel
+    or Kitty's graphics protocol; only a terminal on stdout is asked. Returns (class or None, what was
+    chosen and why, short enough for the pane's border; a failure's detail follows on a second line)."""
+    import sys
+
+    if choice == "halfblock":
+        return None, "half blocks"
+    if choice == "auto" and not (sys.__stdout__ and sys.__stdout__.isatty()):
+        return None, "half blocks: no terminal"
+    try:
+        if choice == "auto":
+            from textual_image.renderable import Image as best
+            from textual_image.renderable.sixel import Image as sixel_renderable
+            from textual_image.renderable.tgp import Image as tgp_renderable
+
+            if best is sixel_renderable:
+                choice = "sixel"
+            elif best is tgp_renderable:
+                choice = "kitty"
+            else:
+                return None, "half blocks: no graphics"
+        if choice == "sixel":
+            from textual_image.widget import SixelImage as widget
+        else:
+            from textual_image.widget import TGPImage as widget
+    except Exception as e:  # not installed, or the terminal did not answer sensibly
+        return None, f"half blocks: {choice} failed\n{type(e).__name__}: {e}"
+    return widget, f"{choice} graphics"
 
 
 def latest_mask(job) -> Path | None:
@@ -53,10 +90,13 @@ class PreviewReader:
         self._image: PreviewImage | None = None
         self._videos: dict[str, object] = {}  # input path -> FrameFolder of its video (probed once)
 
-    def read(self, job, width: int, rows: int) -> PreviewImage | str:
-        """The picture, or a sentence saying why there is none."""
+    def read(self, job, width: int, rows: int, detail: int = 1) -> PreviewImage | str:
+        """The picture, or a sentence saying why there is none. `detail`: pixels per half-block pixel
+        (terminal graphics draw more than two pixels a cell; never more than the frame has)."""
         if job is None:
             return "select a job to see its latest frame"
+        if detail > 1:
+            width, rows = width * detail, rows * detail
         if job.kind == "train":
             return self._validation(job, width, rows)
         mask = latest_mask(job)
@@ -80,7 +120,7 @@ class PreviewReader:
         from core.outputs.preview import annotate
 
         h, w = ids.shape[:2]
-        scale = min(width / w, (2 * rows) / h)
+        scale = min(width / w, (2 * rows) / h, 1.0 if detail > 1 else float("inf"))
         size = (max(1, int(w * scale)), max(2, int(h * scale) // 2 * 2))
         picture = overlay(frame, ids, 0.5) if frame is not None else _ids_only(ids)
         big = annotate(picture, ids, [], 1.0)  # ids drawn at full size, then scaled down with the frame

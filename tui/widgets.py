@@ -210,10 +210,30 @@ class GpuPanel(VerticalScroll):
 
 
 class PreviewPanel(VerticalScroll):
-    """The selected job's latest finished frame with masks and ids, in half-block characters."""
+    """The selected job's latest finished frame with masks and ids: in half-block characters, or with a
+    textual-image widget (`graphics`, from tui.preview.pick_graphics) in the terminal's own graphics."""
+
+    def __init__(self, *args, graphics=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.graphics = graphics
+
+    @property
+    def detail(self) -> int:
+        """Pixels per half-block pixel to ask the reader for: with graphics, a cell's width in pixels
+        (a cell is about twice as high, as two half-block pixels are)."""
+        if self.graphics is None:
+            return 1
+        try:
+            from textual_image._terminal import get_cell_size
+
+            return max(2, min(32, get_cell_size().width))
+        except Exception:
+            return 8
 
     def compose(self) -> ComposeResult:
         yield Static(id="preview-image")
+        if self.graphics is not None:
+            yield self.graphics(id="preview-graphics")
         yield Label("", id="preview-caption")
 
     def size_wanted(self) -> tuple[int, int]:
@@ -223,31 +243,60 @@ class PreviewPanel(VerticalScroll):
     def show(self, preview) -> None:
         image = self.query_one("#preview-image", Static)
         caption = self.query_one("#preview-caption", Label)
+        graphic = self.query_one("#preview-graphics") if self.graphics is not None else None
         if preview is None:
             return  # not read yet
         if isinstance(preview, str):
+            image.display = True
             image.update(Text(preview, style="dim"))
             caption.update("")
+            if graphic is not None:
+                graphic.display = False
             return
-        from tui.preview import half_blocks
+        if graphic is not None:
+            from PIL import Image as PILImage
 
-        image.update(half_blocks(preview.rgb))
+            image.display, graphic.display = False, True
+            if getattr(graphic, "_shown", None) is not preview:
+                graphic.image = PILImage.fromarray(preview.rgb)
+                graphic._shown = preview
+        else:
+            from tui.preview import half_blocks
+
+            image.update(half_blocks(preview.rgb))
         caption.update(Text(preview.caption, style="dim"))
 
 
+EVENT_STYLE = {"error": "bold red", "warning": "yellow", "info": ""}
+
+
+def event_line(e: dict, whole: bool = True) -> Text:
+    """One event as `HH:MM:SS job message`; `whole=False` keeps only its first line (for a list)."""
+    line = Text(e["ts"][11:19] + " ", style="dim")
+    if e["job_id"]:
+        line.append(f"{e['job_id'][:8]} ", style="cyan")
+    message = e["message"] if whole else e["message"].splitlines()[0] if e["message"] else ""
+    line.append(message, style=EVENT_STYLE.get(e["level"], ""))
+    return line
+
+
 class EventLog(RichLog):
-    """Daemon events, newest at the bottom; only new lines are appended."""
+    """Daemon events, newest at the bottom; only new lines are appended. The events shown are kept
+    (as many as the log holds) so `e` can list them and show any one whole."""
 
     last_id = 0
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list[dict] = []
+
     def show(self, events: tuple[dict, ...]) -> None:
-        style = {"error": "bold red", "warning": "yellow", "info": ""}
         for e in events:
             if e["id"] <= self.last_id:
                 continue
             self.last_id = e["id"]
-            line = Text(e["ts"][11:19] + " ", style="dim")
-            if e["job_id"]:
-                line.append(f"{e['job_id'][:8]} ", style="cyan")
-            line.append(e["message"], style=style.get(e["level"], ""))
-            self.write(line)
+            self.seen.append(e)
+            self.write(event_line(e))
+        keep = self.max_lines or 500
+        if len(self.seen) > keep:
+            del self.seen[:-keep]
