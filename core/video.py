@@ -129,7 +129,6 @@ def probe_video(path: Path, *, max_frames: int, max_pixels: int, on_damage: str 
                 f"video {name} is {coded_w}x{coded_h} ({coded_w * coded_h:,} pixels a frame), more than "
                 f"limits.max_frame_pixels ({max_pixels:,}); scale it down, or ask the daemon's owner to raise the limit")
         time_base = stream.time_base or Fraction(1, 90000)
-        stream.thread_type = "AUTO"
         pts, keys, damage, expected = _index(container, stream, name, max_frames, time_base)
         if not pts:
             raise FrameFolderError(f"video {name} holds no frames{': ' + damage if damage else ''}; re-export it")

@@ -164,6 +164,13 @@ def test_training_lowers_the_loss_and_leaves_the_encoder_bit_identical(tmp_path:
     finished = events[-1]
     assert isinstance(finished, TrainFinished) and not finished.stopped_early
     assert len(list((out / "cache").glob("*.npz"))) == 12                       # each frame encoded once
+    import cv2
+
+    preview = cv2.imread(str(out / "val_preview.png"))   # the dashboard's picture: a validation frame, its mask
+    frame = cv2.imread(str(sorted((data / "JPEGImages").rglob("*.jpg"))[0]))
+    assert preview is not None and preview.shape == frame.shape and preview.std() > 5
+    green = (preview[..., 1] > 200) & (preview[..., 0] < 80) & (preview[..., 2] < 80)
+    assert green.sum() > 10                                                      # the true object's outline
 
 
 @pytest.mark.slow

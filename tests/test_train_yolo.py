@@ -130,6 +130,13 @@ def test_train_from_masks_gives_a_detector(tmp_path: Path):
     labels = sorted((out / "dataset" / "labels").rglob("*.txt"))
     assert len(labels) == 6 and all(len(p.read_text().splitlines()) == 1 for p in labels)
     assert isinstance(_detects(out / "best.pt"), list)
+    import cv2
+
+    preview = cv2.imread(str(out / "val_preview.png"))   # the dashboard's picture: a validation image, its boxes
+    first = cv2.imread(str(sorted((out / "dataset" / "images" / "val").glob("*"))[0]))
+    assert preview is not None and preview.shape == first.shape
+    green = (preview[..., 1] > 200) & (preview[..., 0] < 80) & (preview[..., 2] < 80)
+    assert green.sum() > 8                                                # the true box drawn
 
     # usable as models.yolo in detect mode
     from core.models.yolo import Detector, resolve_yolo_path

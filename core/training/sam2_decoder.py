@@ -37,7 +37,7 @@ from core.training.registry import with_kind_defaults
 from core.training.runs import BEST, LAST, METRICS, batches, previous_run, optimise, resume_state, save_epoch, write_lines, data_workers
 from core.training.sam2_decoder_data import (DecoderSamples, cache_key, find_objects, plan_batches,
                                              unique_images)
-from core.training.unet_data import find_dataset, split
+from core.training.unet_data import find_dataset, read_mask_values, split
 
 CACHE = "cache"
 BEST_KEYS = ("kind", "format", "sam2", "trained", "frozen", "prompts", "started_from", "epoch", "metrics", "model",
@@ -144,7 +144,7 @@ def train(data: Path, out: Path, cfg: Config, *, should_stop: Callable[[], bool]
             yield TrainStep(epoch, step, total, value)
 
         trained.eval()
-        scores = _validate(step_ctx, val_set, t, loader_options, should_stop)
+        scores = _validate(step_ctx, val_set, t, loader_options, should_stop, preview=out)
         seconds = time.perf_counter() - epoch_began
         metrics = {"epoch": epoch, "train_loss": round(loss_sum / max(seen, 1), 6), **scores,
                    "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
@@ -281,8 +281,27 @@ class _Step:
             else:
                 pred = up[:, 0]
             present = (object_logits[:, 0] > 0)[:, None, None]
-            ious = _iou((pred > 0) & present, gt[:, 0] > 0.5)
-        return per_sample.mean(), {"loss": per_sample.detach().cpu().numpy(), "iou": ious.cpu().numpy()}
+            shown = (pred > 0) & present
+            ious = _iou(shown, gt[:, 0] > 0.5)
+        return per_sample.mean(), {"loss": per_sample.detach().cpu().numpy(), "iou": ious.cpu().numpy(),
+                                   "first": shown[0].cpu().numpy()}
+
+
+def _val_preview(out: Path, val_set: DecoderSamples, index: tuple, predicted: np.ndarray) -> None:
+    """The object's frame with the decoder's mask for its prompt (red) and the true mask (green outline),
+    at the frame's own size (SAM2 predicts on a square; the mask is stretched back)."""
+    import cv2
+
+    from core.training.runs import write_val_preview
+
+    sample = val_set.samples[index[0]]
+    bgr = cv2.imread(str(sample.pair.image), cv2.IMREAD_COLOR)
+    if bgr is None:
+        return
+    h, w = bgr.shape[:2]
+    truth = read_mask_values(sample.pair.mask)[0] == sample.object_id
+    mask = cv2.resize(predicted.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+    write_val_preview(out, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), mask, truth)
 
 
 def _focal(logits, target, alpha: float = 0.25, gamma: float = 2.0):
@@ -312,8 +331,9 @@ def _iou(pred, gt):
 
 
 def _validate(step: _Step, val_set: DecoderSamples, t, loader_options: dict,
-              should_stop: Callable[[], bool]) -> dict:
-    """val_loss and val_miou over every validation object with every prompt kind, plus val_miou_<kind>."""
+              should_stop: Callable[[], bool], preview: Path | None = None) -> dict:
+    """val_loss and val_miou over every validation object with every prompt kind, plus val_miou_<kind>;
+    with `preview` (the run folder), the first validation object's predicted mask goes to val_preview.png."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -327,6 +347,9 @@ def _validate(step: _Step, val_set: DecoderSamples, t, loader_options: dict,
             _, scored = step.losses(batch, train=False)
             losses.extend(scored["loss"].tolist())
             by_kind[indices[0][1]].extend(scored["iou"].tolist())
+            if preview is not None:
+                _val_preview(preview, val_set, indices[0], scored["first"])
+                preview = None
     ious = [v for values in by_kind.values() for v in values]
     return {"val_loss": round(float(np.mean(losses)), 6), "val_miou": round(float(np.mean(ious)), 6),
             **{f"val_miou_{k}": round(float(np.mean(v)), 6) for k, v in by_kind.items() if v}}

@@ -11,6 +11,7 @@ Dataset layouts: see core/training/yolo_data.py.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import shutil
@@ -25,6 +26,8 @@ from core.training.registry import with_kind_defaults
 from core.training.events import EpochEnd, TrainFinished, TrainStarted, TrainStep
 from core.training.runs import BEST, LAST, METRICS, read_lines, refuse_existing, write_lines, data_workers
 from core.training.yolo_data import YoloYaml, build_from_masks, find_source, write_yaml
+
+log = logging.getLogger(__name__)
 
 KIND = "yolo"
 RUN = "ultralytics"                 # Ultralytics' run folder inside out
@@ -164,6 +167,10 @@ class _Run:
         if is_best:
             self.best = metrics
         write_lines(self.out / METRICS, self.history)
+        try:
+            _val_preview(self.out, trainer)
+        except Exception as e:  # a picture for the dashboard is never worth a failed training
+            log.debug("no validation picture this epoch: %s", e)
         self.queue.put(EpochEnd(metrics["epoch"], metrics, is_best, seconds))
 
     def on_train_end(self, trainer) -> None:
@@ -174,6 +181,52 @@ class _Run:
         _copy(best, self.out / BEST)
         return TrainFinished(self.out, self.out / BEST, self.out / LAST, self.best,
                              time.perf_counter() - self.began, getattr(self, "stopped_early", False))
+
+
+def _val_preview(out: Path, trainer) -> None:
+    """The first validation image with the boxes the epoch's model finds (red, at confidence 0.25) and
+    the true boxes (green), as val_preview.png: the dashboard's picture of the run. The model is the
+    EMA copy Ultralytics validates with, run here on one letterboxed image; nothing is loaded from disk."""
+    import cv2
+    import numpy as np
+    import torch
+    from ultralytics.utils.nms import non_max_suppression
+
+    from core.training.runs import VAL_PREVIEW
+
+    dataset = trainer.test_loader.dataset
+    if not len(dataset.im_files):
+        return
+    bgr = cv2.imread(dataset.im_files[0], cv2.IMREAD_COLOR)
+    if bgr is None:
+        return
+    h, w = bgr.shape[:2]
+    size = int(trainer.args.imgsz)
+    r = min(size / h, size / w)
+    nh, nw = max(1, round(h * r)), max(1, round(w * r))
+    board = np.full((size, size, 3), 114, np.uint8)
+    board[:nh, :nw] = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+    model = trainer.ema.ema if getattr(trainer, "ema", None) is not None else trainer.model
+    p = next(model.parameters())
+    x = torch.from_numpy(np.ascontiguousarray(board[..., ::-1].transpose(2, 0, 1)))[None].to(p.device, p.dtype) / 255
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            found = non_max_suppression(model(x), conf_thres=0.25, iou_thres=0.7)[0][:, :4].float().cpu().numpy() / r
+    finally:
+        model.train(was_training)
+    picture = bgr.copy()
+    label = dataset.labels[0]
+    for cx, cy, bw, bh in np.asarray(label.get("bboxes", np.zeros((0, 4))), np.float64).reshape(-1, 4):
+        if label.get("normalized", True):
+            cx, cy, bw, bh = cx * w, cy * h, bw * w, bh * h
+        cv2.rectangle(picture, (int(cx - bw / 2), int(cy - bh / 2)), (int(cx + bw / 2), int(cy + bh / 2)), (40, 230, 40), 1)
+    for x0, y0, x1, y1 in found:
+        cv2.rectangle(picture, (int(x0), int(y0)), (int(x1), int(y1)), (40, 40, 230), 2)
+    tmp = out / f".{VAL_PREVIEW}.tmp.png"
+    if cv2.imwrite(str(tmp), picture):
+        os.replace(tmp, out / VAL_PREVIEW)
 
 
 def _fit(base: Path, data_yaml: Path, out: Path, settings, run: _Run, continuing: bool) -> None:
