@@ -13,6 +13,15 @@ ratio SAD / SAD(baseline). Goal: classical <= 0.5x the baseline's SAD.
     .venv/bin/python bench/matting_quality.py
     .venv/bin/python bench/matting_quality.py --dilate 5 --solver sm --band 0.03
     .venv/bin/python bench/matting_quality.py --refiner runs/matting-x/best.pt --device cpu
+
+--suite runs the variety suite of bench/matting_suite.py instead (11 clips: hair, fur, a veil,
+smoke, motion blur, a hard edge, thin objects, camouflage, a fast mover, swaying hair, the real
+lemur over another background; each with its own kind of coarse mask) for several candidate
+settings, and ends with one summary row per candidate: the geometric mean over the suite of
+SAD(matte) / SAD(mask as alpha), the worst clip's ratio and frames/s.
+
+    .venv/bin/python bench/matting_quality.py --suite
+    .venv/bin/python bench/matting_quality.py --suite --candidates default,lkm --clips hair,veil
 """
 
 from __future__ import annotations
@@ -32,9 +41,22 @@ from bench.common import DATA  # noqa: E402
 from core.config import MattingConfig  # noqa: E402
 from core.matting import metrics  # noqa: E402
 from core.matting.solver import AlphaSolver  # noqa: E402
+from core.matting.temporal import TemporalCarry  # noqa: E402
 from core.matting.trimap import band_pixels  # noqa: E402
 
 GOAL = 0.5
+SUITE_GOAL, SUITE_WORST = 0.4, 0.7
+
+# name -> (settings over MattingConfig's defaults, what it is); "default" is the shipped config
+CANDIDATES = {
+    "default": ({}, "the shipped matting.* defaults"),
+    "previous": ({"trimap": "band", "temporal": 0.0}, "the default before the suite: cf with samples, band 0.02, no carry"),
+    "cf": ({"trimap": "band", "sample_weight": 0.0, "temporal": 0.0}, "plain closed form, band 0.02"),
+    "lkm": ({"trimap": "band", "solver": "lkm", "temporal": 0.0}, "large kernel matting, band 0.02"),
+    "knn": ({"trimap": "band", "solver": "knn", "temporal": 0.0}, "KNN matting, band 0.02"),
+    "band-grow": ({"trimap": "band", "grow": 2, "temporal": 0.0}, "cf with samples, band widened twice where alpha runs on"),
+    "colour-nocarry": ({"temporal": 0.0}, "the default without the temporal carry"),
+}
 
 
 @dataclass
@@ -114,6 +136,60 @@ def load_refiner_hook(path: str | None, device: str):
     return lambda rgb, mask, prev: refiner.alpha(rgb, mask, prev_alpha=prev)
 
 
+def run_suite(names: list[str], clips: list[str] | None) -> None:
+    import dataclasses
+
+    from bench import matting_suite
+
+    suite = matting_suite.build(clips)
+    start = time.perf_counter()
+    importlib.import_module("pymatting")
+    print(f"import pymatting: {time.perf_counter() - start:.1f} s (one-off)")
+    print(f"suite: {len(suite)} clips, {sum(len(c.images) for c in suite)} frames at "
+          f"{matting_suite.SIZE[0]}x{matting_suite.SIZE[1]}, exact alpha")
+    for clip in suite:
+        print(f"  {clip.name:13} {clip.what}")
+    summary = []
+    for name in names:
+        changes, what = CANDIDATES[name]
+        m = dataclasses.replace(MattingConfig(), **changes)
+        solver = AlphaSolver(m.solver, m.solve_max_side, m.sample_weight, m.grow, trimap=m.trimap)
+        print(f"\n{name}: {what} (solver {m.solver}, trimap {m.trimap}, band {m.band:g}, sample_weight "
+              f"{m.sample_weight:g}, grow {m.grow}, temporal {m.temporal:g})")
+        print(f"{'':14} {'SAD':>8} {'base SAD':>9} {'MSE e-3':>8} {'Grad':>8} {'Conn':>8} {'dtSSD':>7} {'base dt':>8} "
+              f"{'frames/s':>9} {'SAD/base':>9}")
+        ratios, frames, seconds = [], 0, 0.0
+        for clip in suite:
+            carry = TemporalCarry(m.temporal) if m.temporal > 0 else None
+
+            def matte(rgb, mask, prev, frame=[0]):
+                alpha = solver.matte(rgb, mask, band_pixels(m.band, *mask.shape))
+                if carry is not None:
+                    alpha = carry(frame[0], rgb, alpha)
+                frame[0] += 1
+                return alpha
+
+            data = Clip(clip.name, list(zip(clip.images, clip.alphas)))
+            s = evaluate(data, clip.masks, matte)
+            base = evaluate(data, clip.masks, lambda rgb, mask, prev: mask.astype(np.float64))
+            gts = clip.alphas
+            dt = metrics.dtssd(s.alphas, gts) if len(gts) > 1 else float("nan")
+            base_dt = metrics.dtssd(base.alphas, gts) if len(gts) > 1 else float("nan")
+            ratio = s.sad / base.sad
+            ratios.append(ratio)
+            frames, seconds = frames + len(gts), seconds + s.seconds
+            print(f"{clip.name:14} {s.sad:8.3f} {base.sad:9.3f} {s.mse * 1e3:8.3f} {s.grad:8.3f} {s.conn:8.3f} {dt:7.3f} "
+                  f"{base_dt:8.3f} {len(gts) / s.seconds:9.2f} {ratio:8.2f}x")
+        geo = float(np.exp(np.mean(np.log(ratios))))
+        worst = max(ratios)
+        summary.append((name, geo, worst, suite[int(np.argmax(ratios))].name, frames / seconds))
+        print(f"{'suite':14} geometric mean SAD/base {geo:.3f}, worst {worst:.2f}")
+    print(f"\n{'candidate':16} {'geo-mean SAD/base':>18} {'worst clip':>22} {'frames/s':>9}")
+    for name, geo, worst, clip, fps in summary:
+        print(f"{name:16} {geo:18.3f} {worst:8.2f} ({clip:>11}) {fps:9.2f}")
+    print(f"goal: geometric mean <= {SUITE_GOAL}, no clip over {SUITE_WORST}")
+
+
 def main() -> None:
     defaults = MattingConfig()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,7 +205,17 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=24, help="video frames to use (at most 24)")
     ap.add_argument("--refiner", default=None, metavar="PATH", help="also evaluate a learned refiner checkpoint")
     ap.add_argument("--device", default="auto", help="device for the refiner")
+    ap.add_argument("--suite", action="store_true", help="run the variety suite (bench/matting_suite.py) instead")
+    ap.add_argument("--candidates", default=",".join(CANDIDATES), help=f"with --suite: some of {', '.join(CANDIDATES)}")
+    ap.add_argument("--clips", default="", help="with --suite: only these clips (comma-separated)")
     args = ap.parse_args()
+    if args.suite:
+        names = [n for n in args.candidates.split(",") if n]
+        unknown = [n for n in names if n not in CANDIDATES]
+        if unknown:
+            sys.exit(f"unknown candidates {unknown}; choose from {', '.join(CANDIDATES)}")
+        run_suite(names, [c for c in args.clips.split(",") if c] or None)
+        return
 
     solver = AlphaSolver(args.solver, args.max_side, args.sample_weight)
     start = time.perf_counter()

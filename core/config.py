@@ -234,8 +234,14 @@ class MattingConfig:
     sample_weight: float = _key(0.01, "cf solver: pull of shared matting's per-pixel sampled alpha against the closed-form smoothness (0 = plain closed form; helps thin strands)",
                                 job=True, lo=0, hi=100)
     foreground: bool = _key(False, "also write foreground/<stem>.png: RGBA cut-outs with estimated foreground colour", job=True)
-    temporal: float = _key(0.3, "learned refiner: weight of the previous frame's alpha in the unknown band (0 = none)",
-                           job=True, lo=0, hi=1)
+    trimap: str = _key("colour", "classical: \"band\" (a fixed unknown band around the mask edge) or \"colour\" (the band, opened "
+                                 "up where a pixel's colour is nearer the other side's: strands and gaps the mask swallowed or missed)",
+                       job=True)
+    grow: int = _key(0, "classical: times the unknown band may widen (by its own width) where the solved alpha runs "
+                        "on past it (strands, smoke, a veil) or is see-through inside the mask (0 = fixed band)",
+                     job=True, lo=0, hi=10)
+    temporal: float = _key(0.3, "weight of the previous frame's alpha: classical, where the image did not change; "
+                                "learned refiner, in the unknown band (0 = none)", job=True, lo=0, hi=1)
 
 
 @dataclass(frozen=True)
@@ -543,6 +549,8 @@ def _validate(cfg: Config) -> Config:
     if bad or not t.prompts:
         raise ConfigError(f'train.prompts must list some of "box", "point", "points"; got {list(t.prompts)}')
     mt = cfg.matting
+    if mt.trimap not in ("band", "colour"):
+        raise ConfigError(f'matting.trimap must be "band" or "colour", got "{mt.trimap}"')
     if not 0.0 < mt.band < 0.5 or mt.solver not in ("cf", "knn", "lkm", "rw", "sm") or mt.temporal >= 1.0:
         raise ConfigError(f'matting.band must be in (0, 0.5), matting.solver one of "cf", "knn", "lkm", "rw", "sm" '
                           f'and matting.temporal in [0, 1); got {mt.band}, "{mt.solver}", {mt.temporal}')

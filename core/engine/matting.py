@@ -76,11 +76,14 @@ class ClassicalMatter:
 
     sequential = False  # frames are independent: several may be matted at once
 
-    def __init__(self, band: float, solver: str, max_side: int, foreground: bool, sample_weight: float = 0.0):
+    def __init__(self, band: float, solver: str, max_side: int, foreground: bool, sample_weight: float = 0.0,
+                 grow: int = 0, temporal: float = 0.0, trimap: str = "band"):
         from core.matting.solver import AlphaSolver
+        from core.matting.temporal import TemporalCarry
 
         self.band, self.method, self.foreground = band, solver, foreground
-        self.solver = AlphaSolver(solver, max_side, sample_weight)
+        self.solver = AlphaSolver(solver, max_side, sample_weight, grow, trimap=trimap)
+        self.carry = TemporalCarry(temporal) if temporal > 0 else None   # applied in frame order by the engine
         self.seconds = 0.0
 
     def __call__(self, rgb: np.ndarray, mask: np.ndarray, prev: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -96,6 +99,7 @@ class ClassicalMatter:
     def describe(self) -> dict:
         return {"method": "classical", "solver": self.method, "band": self.band,
                 "solve_max_side": self.solver.max_side, "sample_weight": self.solver.sample_weight,
+                "trimap": self.solver.trimap, "grow": self.solver.grow, "temporal": self.carry.weight if self.carry else 0.0,
                 "seconds": round(self.seconds, 3)}
 
 
@@ -119,6 +123,11 @@ class RefinerMatter:
                 "sam2_seconds": round(self.refiner.sam2_seconds, 3)}
 
 
+def _alpha_result(frame: int, alpha: np.ndarray, fg: np.ndarray | None) -> AlphaResult:
+    a8 = np.clip(np.rint(alpha * 255.0), 0, 255).astype(np.uint8)
+    return AlphaResult(frame, a8, np.dstack([fg, a8]) if fg is not None else None, alpha)
+
+
 class MattingEngine:
     """Wraps a segmentation engine: every FrameResult also gets its alpha matte (and cut-out)."""
 
@@ -139,7 +148,7 @@ class MattingEngine:
                       fields={"segmentation": "masks/" if isinstance(self.inner, MaskFolderEngine) else "sam2"})
         return own.then(self.inner.records(out, cache))
 
-    def _matte(self, frame: int, id_map: np.ndarray) -> AlphaResult:
+    def _matte(self, frame: int, id_map: np.ndarray) -> tuple[AlphaResult, np.ndarray]:
         rgb = self.folder.read_rgb(frame)
         prev = None
         if self.matter.sequential and self._previous is not None and self._previous[0] == frame - 1:
@@ -147,9 +156,18 @@ class MattingEngine:
         alpha, fg = self.matter(rgb, id_map > 0, prev)
         if self.matter.sequential:
             self._previous = (frame, alpha)
-        a8 = np.clip(np.rint(alpha * 255.0), 0, 255).astype(np.uint8)
-        rgba = np.dstack([fg, a8]) if fg is not None else None
-        return AlphaResult(frame, a8, rgba, alpha)
+        return _alpha_result(frame, alpha, fg), rgb
+
+    def _in_order(self, matted: tuple[AlphaResult, np.ndarray]) -> AlphaResult:
+        """A matte as frames come out in order: the classical matter's temporal carry is applied here
+        (frames are matted in parallel, but each carries the one before it)."""
+        result, rgb = matted
+        carry = getattr(self.matter, "carry", None)
+        if carry is None:
+            return result
+        alpha = carry(result.frame, rgb, result.fine)
+        fg = result.rgba[..., :3] if result.rgba is not None else None
+        return _alpha_result(result.frame, alpha, fg)
 
     def run(self) -> Iterator[object]:
         pending: deque[tuple[FrameResult, Future]] = deque()
@@ -157,7 +175,7 @@ class MattingEngine:
             def ready(block: bool) -> Iterator[object]:
                 while pending and (block or pending[0][1].done() or len(pending) > 2 * self.workers):
                     result, job = pending.popleft()
-                    yield job.result()
+                    yield self._in_order(job.result())
                     yield result
 
             try:
@@ -169,6 +187,11 @@ class MattingEngine:
                         yield from ready(block=False)
                     elif isinstance(event, ChunkFinished):
                         yield from ready(block=True)
+                        yield event
+                    elif isinstance(event, ChunkStarted):   # a chunk starts afresh: a resume gives the same alpha
+                        yield from ready(block=True)
+                        if getattr(self.matter, "carry", None) is not None:
+                            self.matter.carry.reset()
                         yield event
                     else:
                         yield event

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.matting.trimap import BACKGROUND, FOREGROUND, trimap_from_mask
+from core.matting.trimap import BACKGROUND, FOREGROUND, UNKNOWN, colour_trimap, trimap_from_mask
 
 METHODS = {
     "cf": "estimate_alpha_cf",    # closed form (Levin et al. 2008)
@@ -17,6 +17,7 @@ METHODS = {
     "rw": "estimate_alpha_rw",    # random walk (Grady et al. 2005)
     "sm": "estimate_alpha_sm",    # shared matting (Gastal and Oliveira 2010)
 }
+TRIMAPS = ("band", "colour")  # matting.trimap: a fixed band around the mask edge, or opened up where colours disagree
 MARGIN = 8  # known pixels kept around the unknown band's bounding box, at solving scale
 CF_EPSILON = 1e-6  # closed-form Laplacian regulariser; pymatting's 1e-7 was slightly worse in bench/matting_quality.py
 # A second solve around the first alpha's own edge when the mask edge is off by more than this share
@@ -80,6 +81,32 @@ def edge_shift(mask: np.ndarray, alpha: np.ndarray) -> float:
     return float(np.abs(np.asarray(alpha, np.float64) - m).sum() / edge)
 
 
+def grow_band(trimap: np.ndarray, alpha: np.ndarray, band_px: int, threshold: float) -> np.ndarray | None:
+    """The trimap with its unknown band widened (by band_px) where the solved alpha says the band
+    was too narrow: unknown pixels next to the background that still hold more than `threshold`
+    alpha (strands, smoke or a veil running on past the band), and unknown pixels next to the
+    foreground that hold less than 1 - threshold (a see-through part inside the mask). None when
+    nowhere needs it."""
+    import cv2
+
+    unknown = (trimap != FOREGROUND) & (trimap != BACKGROUND)
+    bg, fg = trimap == BACKGROUND, trimap == FOREGROUND
+    ring = np.ones((3, 3), np.uint8)
+    outer = unknown & (cv2.dilate(bg.astype(np.uint8), ring) > 0) & (alpha > threshold)
+    inner = unknown & (cv2.dilate(fg.astype(np.uint8), ring) > 0) & (alpha < 1.0 - threshold)
+    if outer.sum() + inner.sum() < 4:
+        return None
+    reach = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band_px + 1, 2 * band_px + 1))
+    out = trimap.copy()
+    out[(cv2.dilate(outer.astype(np.uint8), reach) > 0) & bg] = UNKNOWN
+    out[(cv2.dilate(inner.astype(np.uint8), reach) > 0) & fg] = UNKNOWN
+    edge = np.zeros(trimap.shape, bool)   # the frame's border stays background (see trimap_from_mask)
+    edge[[0, -1], :] = True
+    edge[:, [0, -1]] = True
+    out[edge & bg] = BACKGROUND
+    return out
+
+
 class AlphaSolver:
     """Alpha from an image and a trimap with one of pymatting's solvers (``matting.solver``).
 
@@ -88,7 +115,8 @@ class AlphaSolver:
     1 and only the band carries solved values. ``sample_weight`` (``matting.sample_weight``) adds
     shared matting's sampled alpha as a data term to the cf solver; 0 gives plain closed form."""
 
-    def __init__(self, method: str = "cf", max_side: int = 1024, sample_weight: float = 0.01):
+    def __init__(self, method: str = "cf", max_side: int = 1024, sample_weight: float = 0.01, grow: int = 0,
+                 grow_threshold: float = 0.1, trimap: str = "band"):
         if method not in METHODS:
             raise ValueError(f"unknown matting.solver {method!r}; choose one of {', '.join(METHODS)}")
         if max_side < 16:
@@ -98,6 +126,10 @@ class AlphaSolver:
         self.method = method
         self.max_side = int(max_side)
         self.sample_weight = float(sample_weight)
+        self.grow, self.grow_threshold = int(grow), float(grow_threshold)
+        if trimap not in TRIMAPS:
+            raise ValueError(f"unknown matting.trimap {trimap!r}; choose one of {', '.join(TRIMAPS)}")
+        self.trimap = trimap
 
     def solve(self, rgb: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         """Alpha (float32 H x W in [0, 1]) of an RGB uint8 image under a 0/128/255 trimap."""
@@ -157,9 +189,24 @@ class AlphaSolver:
         (and RECENTRE_MIN_PX) away from the mask's edge (a dilated, eroded or low-resolution
         mask), the band is moved onto the solved edge (alpha > 0.5) and solved once more."""
         mask = np.asarray(mask) > 0
-        alpha = self.solve(rgb, trimap_from_mask(mask, band_px))
+        trimap = trimap_from_mask(mask, band_px)
+        alpha = self.solve(rgb, trimap)
+        centre = mask
         if band_px > 0 and edge_shift(mask, alpha) > max(RECENTRE_MIN_PX, RECENTRE_SHARE * band_px):
-            alpha = self.solve(rgb, trimap_from_mask(alpha > 0.5, band_px))
+            centre = alpha > 0.5
+            trimap = trimap_from_mask(centre, band_px)
+            alpha = self.solve(rgb, trimap)
+        if self.trimap == "colour" and band_px > 0:
+            widened = colour_trimap(rgb, centre, band_px)
+            if not np.array_equal(widened, trimap):
+                trimap = widened
+                alpha = self.solve(rgb, trimap)
+        for _ in range(self.grow if band_px > 0 else 0):
+            grown = grow_band(trimap, alpha, band_px, self.grow_threshold)
+            if grown is None:
+                break
+            trimap = grown
+            alpha = self.solve(rgb, trimap)
         return alpha
 
     def foreground(self, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:

@@ -80,3 +80,79 @@ def trimap_from_mask(mask: np.ndarray, band_px: int) -> np.ndarray:
     edge[:, [0, -1]] = True
     trimap[edge & (m == 0)] = BACKGROUND
     return trimap
+
+
+def overlap(a_tree, b_tree, a_pts: np.ndarray) -> float:
+    """How much sample a's colours run into sample b's: the share of a's points whose 5 nearest b
+    points are, on average, within 1.5 times the distance of their own 5 nearest a points (that
+    distance at least one grey level). 0 = apart; a foreground coloured like its background ~0.3+."""
+    own = np.maximum(a_tree.query(a_pts, k=6)[0][:, 1:].mean(axis=1), 1.0)
+    return float(np.mean(b_tree.query(a_pts, k=5)[0].mean(axis=1) < 1.5 * own))
+
+
+def colour_trimap(rgb: np.ndarray, mask: np.ndarray, band_px: int, ratio: float = 0.7, sure: float = 0.2,
+                  overlap_limit: float = 0.2, reach: int = 4, samples: int = 3000) -> np.ndarray:
+    """The band trimap, opened up (and where it is clear, turned over) where the colours say the
+    mask is wrong.
+
+    Two colour models are sampled from the frame: the object's core (mask pixels at least half the
+    mask's greatest depth inside) and the background just outside the band (up to `reach` band
+    widths beyond it). A pixel the band marked definite foreground becomes unknown when its colour
+    is nearer the background model than the core's (by `ratio`: mean distance to the 5 nearest
+    samples), and background outright when it is much nearer (by `sure`) and as close to the
+    background model as background pixels are to each other: the gaps between strands that a mask
+    swallowed. Likewise, a pixel of that outer ring marked background becomes unknown, or
+    foreground, when its colour is the core's: strands or smoke the mask missed. Two pixels around
+    every turned-over pixel become unknown, so no hard edge is made. Where the models overlap (by
+    more than `overlap_limit`, see `overlap`: a foreground coloured like its background), colour
+    cannot tell them apart and the band trimap is returned unchanged. Sampling is seeded, so a
+    frame always gets the same trimap."""
+    import cv2
+    from scipy.spatial import cKDTree
+
+    trimap = trimap_from_mask(mask, band_px)
+    m = (np.asarray(mask) > 0).astype(np.uint8)
+    if band_px <= 0 or not m.any() or m.all():
+        return trimap
+    inside = cv2.distanceTransform(m, cv2.DIST_L2, 3)
+    outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
+    core = inside >= max(band_px + 1.0, 0.5 * float(inside.max()))
+    ring = (outside > band_px) & (outside <= (reach + 1) * band_px)
+    if core.sum() < 20 or ring.sum() < 20:
+        return trimap
+    image = np.asarray(rgb, np.float32)
+    rng = np.random.default_rng(0)
+
+    def pick(where: np.ndarray) -> np.ndarray:
+        pts = image[where]
+        return pts[rng.choice(len(pts), samples, replace=False)] if len(pts) > samples else pts
+
+    core_pts, ring_pts = pick(core), pick(ring)
+    fg_tree, bg_tree = cKDTree(core_pts), cKDTree(ring_pts)
+    if overlap(fg_tree, bg_tree, core_pts[:1000]) > overlap_limit:
+        return trimap
+    candidates = ((trimap == FOREGROUND) & (inside > band_px)) | (ring & (trimap == BACKGROUND))
+    pixels = image[candidates]
+    to_fg = fg_tree.query(pixels, k=5)[0].mean(axis=1)
+    to_bg = bg_tree.query(pixels, k=5)[0].mean(axis=1)
+    in_mask = m[candidates] > 0
+
+    def spread(tree, pts) -> float:   # how near a model's own samples are to each other
+        return max(1.0, float(np.median(tree.query(pts[:1000], k=6)[0][:, 1:].mean(axis=1))))
+
+    unsure = np.where(in_mask, to_bg < ratio * to_fg, to_fg < ratio * to_bg)
+    turned = np.where(in_mask, (to_bg < sure * to_fg) & (to_bg <= 1.5 * spread(bg_tree, ring_pts)),
+                      (to_fg < sure * to_bg) & (to_fg <= 1.5 * spread(fg_tree, core_pts)))
+    flat = trimap[candidates]
+    flat[unsure] = UNKNOWN
+    flat[turned & in_mask] = BACKGROUND
+    flat[turned & ~in_mask] = FOREGROUND
+    out = trimap.copy()
+    out[candidates] = flat
+    around = np.ones((5, 5), np.uint8)
+    for side, other in ((BACKGROUND, FOREGROUND), (FOREGROUND, BACKGROUND)):
+        now = np.zeros(out.shape, np.uint8)
+        now[candidates] = turned & (flat == side)
+        if now.any():
+            out[(cv2.dilate(now, around) > 0) & (out == other)] = UNKNOWN
+    return out

@@ -1,0 +1,157 @@
+"""The matting benchmark suite (bench/matting_suite.py): its clips are exact composites, and the
+classical default does better than the coarse mask used as alpha on every one of them. Plus the
+colour-opened trimap and the temporal carry on their own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.matting import metrics
+from core.matting.solver import AlphaSolver
+from core.matting.temporal import TemporalCarry
+from core.matting.trimap import BACKGROUND, FOREGROUND, UNKNOWN, band_pixels, colour_trimap, trimap_from_mask
+from tests.conftest import DATA
+
+needs_data = pytest.mark.skipif(not ((DATA / "vos").is_dir() and (DATA / "matting").is_dir()),
+                                reason="needs ../shared/data (DAVIS clips and the matting samples)")
+
+
+@pytest.fixture(scope="module")
+def suite(monkeypatch_module_data):
+    from bench import matting_suite
+
+    return matting_suite.build()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module_data():
+    """bench.common reads REELMASK_TEST_DATA at import: point it at the tests' data folder."""
+    import os
+
+    old = os.environ.get("REELMASK_TEST_DATA")
+    os.environ["REELMASK_TEST_DATA"] = str(DATA)
+    yield
+    if old is None:
+        os.environ.pop("REELMASK_TEST_DATA", None)
+    else:
+        os.environ["REELMASK_TEST_DATA"] = old
+
+
+@needs_data
+def test_suite_clips_are_exact_composites_with_variety(suite):
+    names = [c.name for c in suite]
+    assert len(names) >= 8 and len(set(names)) == len(names)
+    for clip in suite:
+        assert len(clip.images) == len(clip.alphas) == len(clip.masks) == len(clip.fg) == len(clip.bg) >= 1
+        for image, alpha, fg, bg, mask in zip(clip.images, clip.alphas, clip.fg, clip.bg, clip.masks):
+            assert alpha.min() >= 0 and alpha.max() <= 1 and mask.dtype == bool and mask.shape == alpha.shape
+            exact = alpha[..., None] * fg + (1 - alpha[..., None]) * bg
+            assert np.abs(image.astype(np.float64) - exact).max() <= 0.5 + 1e-9, clip.name   # only the 8-bit rounding
+            soft = (alpha > 0.02) & (alpha < 0.98)
+            assert soft.sum() > 200, clip.name            # every clip has real fractional alpha to recover
+            assert (mask != (alpha > 0.5)).sum() > 100    # and a coarse mask that is wrong somewhere
+    multi = [c for c in suite if len(c.images) > 1]
+    assert len(multi) >= 2                                # video clips for dtSSD and the temporal carry
+    moving = next(c for c in multi if c.name == "fast-mover")
+    shift = [int(np.argmax(a.sum(axis=0) > 0)) for a in moving.alphas]
+    assert all(b - a >= 40 for a, b in zip(shift, shift[1:]))   # it really moves fast
+
+
+@needs_data
+@pytest.mark.slow
+def test_the_default_beats_the_mask_as_alpha_on_every_clip(suite):
+    from core.config import MattingConfig
+
+    m = MattingConfig()
+    solver = AlphaSolver(m.solver, m.solve_max_side, m.sample_weight, m.grow, trimap=m.trimap)
+    for clip in suite:
+        carry = TemporalCarry(m.temporal) if m.temporal > 0 else None
+        matte = base = 0.0
+        for i, (image, alpha, mask) in enumerate(zip(clip.images, clip.alphas, clip.masks)):
+            a = solver.matte(image, mask, band_pixels(m.band, *mask.shape))
+            if carry is not None:
+                a = carry(i, image, a)
+            matte += metrics.sad(a, alpha)
+            base += metrics.sad(mask.astype(np.float64), alpha)
+        assert matte < base, f"{clip.name}: SAD {matte:.3f} vs mask as alpha {base:.3f}"
+
+
+def _hairy(rng, colour_fg=(230, 90, 40), colour_bg=(40, 120, 60), fg_noise=0.0):
+    """A disc with strands, exact alpha, over a noisy background; the mask swallows the strands."""
+    import cv2
+
+    h, w = 120, 160
+    big = np.zeros((h * 4, w * 4), np.uint8)
+    cv2.circle(big, (320, 240), 100, 255, -1)
+    for k in range(40):
+        t = 2 * np.pi * k / 40
+        cv2.line(big, (int(320 + 100 * np.cos(t)), int(240 + 100 * np.sin(t))),
+                 (int(320 + 190 * np.cos(t)), int(240 + 190 * np.sin(t))), 255, 3)
+    alpha = cv2.resize(big.astype(np.float32) / 255, (w, h), interpolation=cv2.INTER_AREA).astype(np.float64)
+    fg = np.clip(np.full((h, w, 3), colour_fg, np.float64) + rng.normal(0, fg_noise or 1e-9, (h, w, 3)), 0, 255)
+    bg = np.clip(np.full((h, w, 3), colour_bg, np.float64) + rng.normal(0, 6, (h, w, 3)), 0, 255)
+    image = np.rint(alpha[..., None] * fg + (1 - alpha[..., None]) * bg).astype(np.uint8)
+    mask = cv2.dilate((alpha > 0.05).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0   # strands swallowed whole
+    return image, alpha, mask
+
+
+def test_colour_trimap_opens_the_strands_a_mask_swallowed():
+    image, alpha, mask = _hairy(np.random.default_rng(1))
+    band = trimap_from_mask(mask, 3)
+    opened = colour_trimap(image, mask, 3)
+    strands_gap = (alpha < 0.05) & (band == FOREGROUND)          # background between strands, called foreground
+    assert strands_gap.sum() > 100
+    assert (opened[strands_gap] != FOREGROUND).mean() > 0.9       # opened up (or turned to background)
+    assert (opened[alpha > 0.99] == FOREGROUND).mean() > 0.8      # the solid core stays foreground
+    assert np.array_equal(opened, colour_trimap(image, mask, 3))  # seeded: the same every time
+    solver = AlphaSolver("cf", 1024, 0.01)
+    plain = metrics.sad(solver.solve(image, band), alpha)
+    better = metrics.sad(solver.solve(image, opened), alpha)
+    assert better < 0.5 * plain
+
+
+def test_colour_trimap_keeps_the_band_when_colours_cannot_tell():
+    rng = np.random.default_rng(2)
+    image, alpha, mask = _hairy(rng, colour_fg=(40, 120, 60), fg_noise=6)   # the background's colours
+    assert np.array_equal(colour_trimap(image, mask, 3), trimap_from_mask(mask, 3))
+    empty = np.zeros(mask.shape, bool)
+    assert np.array_equal(colour_trimap(image, empty, 3), trimap_from_mask(empty, 3))
+    assert (colour_trimap(image, ~empty, 3) == FOREGROUND).all()
+    assert (colour_trimap(image, mask, 0) != UNKNOWN).all()     # no band, nothing unknown
+    assert BACKGROUND in colour_trimap(image, mask, 3)
+
+
+def test_temporal_carry_holds_still_pixels_and_follows_changed_ones():
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 255, (40, 60, 3)).astype(np.uint8)
+    moved = rgb.copy()
+    moved[:, 30:] = 255 - moved[:, 30:]                        # the right half changed
+    carry = TemporalCarry(0.5)
+    first = np.full((40, 60), 0.2, np.float32)
+    second = np.full((40, 60), 0.6, np.float32)
+    assert np.array_equal(carry(0, rgb, first), first)          # nothing before it
+    out = carry(1, moved, second)
+    assert np.allclose(out[:, :20], 0.4)                        # still: half of each
+    assert np.allclose(out[:, 40:], 0.6)                        # changed: this frame's alpha
+    again = carry(3, moved, second)                             # a gap: starts afresh
+    assert np.array_equal(again, second)
+    carry.reset()
+    assert np.array_equal(carry(4, moved, first), first)
+    assert np.array_equal(TemporalCarry(0.0)(1, rgb, first), first)
+    with pytest.raises(ValueError, match="matting.temporal"):
+        TemporalCarry(1.0)
+
+
+@needs_data
+@pytest.mark.slow
+def test_temporal_carry_steadies_a_still_clip(suite):
+    """On the swaying-hair clip (a still background) the carry lowers dtSSD and does not raise SAD much."""
+    clip = next(c for c in suite if c.name == "swaying-hair")
+    solver = AlphaSolver("cf", 1024, 0.01, trimap="colour")
+    plain = [solver.matte(i, m, band_pixels(0.02, *m.shape)) for i, m in zip(clip.images, clip.masks)]
+    carry = TemporalCarry(0.3)
+    carried = [carry(k, i, a) for k, (i, a) in enumerate(zip(clip.images, plain))]
+    assert metrics.dtssd(carried, clip.alphas) < metrics.dtssd(plain, clip.alphas)
+    sad = lambda alphas: sum(metrics.sad(a, g) for a, g in zip(alphas, clip.alphas))   # noqa: E731
+    assert sad(carried) <= 1.02 * sad(plain)
