@@ -89,7 +89,9 @@ def test_matting_on_the_real_composite_video(tmp_path: Path):
         gt = cv2.imread(str(src / "pha" / f"{f.stem}.png"), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
         coarse = cv2.imread(str(clip / "masks" / f"{f.stem}.png"), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
         ratios.append(sad(_alpha(out, f.stem), gt) / sad(coarse, gt))
-    assert max(ratios) <= 0.5, ratios
+    # 0.5 held for the band trimap this was tuned on; the default chosen by the matting suite (colour
+    # trimap) trades a little here (0.42-0.51 measured) for much better hair (bench/matting_quality.py --suite)
+    assert max(ratios) <= 0.6, ratios
 
 
 def test_matting_with_sam2_from_prompts(tmp_path: Path, model_pool):

@@ -90,6 +90,9 @@ def overlap(a_tree, b_tree, a_pts: np.ndarray) -> float:
     return float(np.mean(b_tree.query(a_pts, k=5)[0].mean(axis=1) < 1.5 * own))
 
 
+TURN_SPREAD = 1.5   # a pixel turns over only this near the other side's samples (times their own spacing)
+
+
 def colour_trimap(rgb: np.ndarray, mask: np.ndarray, band_px: int, ratio: float = 0.7, sure: float = 0.2,
                   overlap_limit: float = 0.2, reach: int = 4, samples: int = 3000) -> np.ndarray:
     """The band trimap, opened up (and where it is clear, turned over) where the colours say the
@@ -141,8 +144,8 @@ def colour_trimap(rgb: np.ndarray, mask: np.ndarray, band_px: int, ratio: float 
         return max(1.0, float(np.median(tree.query(pts[:1000], k=6)[0][:, 1:].mean(axis=1))))
 
     unsure = np.where(in_mask, to_bg < ratio * to_fg, to_fg < ratio * to_bg)
-    turned = np.where(in_mask, (to_bg < sure * to_fg) & (to_bg <= 1.5 * spread(bg_tree, ring_pts)),
-                      (to_fg < sure * to_bg) & (to_fg <= 1.5 * spread(fg_tree, core_pts)))
+    turned = np.where(in_mask, (to_bg < sure * to_fg) & (to_bg <= TURN_SPREAD * spread(bg_tree, ring_pts)),
+                      (to_fg < sure * to_bg) & (to_fg <= TURN_SPREAD * spread(fg_tree, core_pts)))
     flat = trimap[candidates]
     flat[unsure] = UNKNOWN
     flat[turned & in_mask] = BACKGROUND
