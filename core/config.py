@@ -81,6 +81,9 @@ class ModelsConfig:
                                  "SAM2 mode; empty = SAM2's own")
     yolo: str = _key("yolo11n.pt", "Ultralytics detector weights (.pt) for detect mode")
     device: str = _key("auto", '"auto" (CUDA if present, else CPU), "cpu", "cuda" or "cuda:N"')
+    compile: str = _key("off", '"off" or "vos": sam2\'s compiled video predictor (vos_optimized: torch.compile of the '
+                               'image encoder, memory encoder and attention; CUDA only, warmed up once per worker and image '
+                               'size, its time reported apart); where it cannot be used, SAM2 runs uncompiled with a warning')
     dtype: str = _key("auto", '"auto" (bfloat16 autocast on CUDA, float32 on CPU), "float32" or "bfloat16"')
     seed: int = _key(0, "random seed for random weights and sampling", job=True, lo=0, hi=2**31 - 1)
     unet: str = _key("", "trained U-Net checkpoint (best.pt from `reelmask train unet`) for unet mode")
@@ -548,6 +551,8 @@ def _validate(cfg: Config) -> Config:
     bad = [p for p in t.prompts if p not in ("box", "point", "points")]
     if bad or not t.prompts:
         raise ConfigError(f'train.prompts must list some of "box", "point", "points"; got {list(t.prompts)}')
+    if cfg.models.compile not in ("off", "vos"):
+        raise ConfigError(f'models.compile must be "off" or "vos", got "{cfg.models.compile}"')
     mt = cfg.matting
     if mt.trimap not in ("band", "colour"):
         raise ConfigError(f'matting.trimap must be "band" or "colour", got "{mt.trimap}"')

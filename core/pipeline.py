@@ -201,7 +201,7 @@ class ModelPool:
         decoder = resolve_decoder_path(cfg)
         stamp = (str(decoder.resolve()), decoder.stat().st_size, decoder.stat().st_mtime_ns) if decoder else None
         key = (weights.variant.name, str(weights.checkpoint), weights.sha256, m.image_size, m.device,
-               m.dtype, m.seed, cfg.output.fill_hole_area, stamp)
+               m.dtype, m.seed, cfg.output.fill_hole_area, stamp, m.compile)
         if key not in self._sam2:
             self._sam2.clear()  # one SAM2 at a time: device memory is the scarce thing
             self._sam2[key] = Sam2Tracker(cfg, weights)

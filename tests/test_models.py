@@ -113,3 +113,52 @@ def test_import_checks_identity(random_tiny, tmp_path: Path):
 def test_bad_model_name(tmp_path: Path):
     with pytest.raises(ModelError, match="neither a known model"):
         W.resolve_sam2(_cfg(tmp_path, "models.sam2=sam3_giant"))
+
+
+def test_compile_vos_falls_back_cleanly_where_it_cannot_be_used(tmp_path: Path, monkeypatch):
+    """models.compile = "vos" on a CPU: SAM2 runs uncompiled, the same masks as with "off", and the
+    manifest says why (in models.sam2.compile and in warnings)."""
+    import types
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from core.models import sam2_model
+    from core.pipeline import prepare_job, run_job
+    from tests.conftest import make_clip
+
+    assert "CUDA" in sam2_model.compile_blocker(torch.device("cpu"), torch)
+    cuda = torch.device("cuda")
+    monkeypatch.setattr("torch.utils._triton.has_triton", lambda: False)
+    assert "Triton" in sam2_model.compile_blocker(cuda, torch)
+    no_compile = types.SimpleNamespace(**{k: getattr(torch, k) for k in ("device",)})
+    monkeypatch.setattr("torch.utils._triton.has_triton", lambda: True)
+    assert "torch.compile" in sam2_model.compile_blocker(cuda, no_compile)
+
+    clip = make_clip(tmp_path / "clip", n=4, prompts={"objects": [{"id": 1, "frame": 0, "points": [[40, 60]],
+                                                                    "labels": [1]}]})
+    manifests, masks = {}, {}
+    for mode in ("off", "vos"):
+        cfg = _cfg(tmp_path, "models.sam2_weights=random", f"models.compile={mode}", "output.preview=false")
+        out = tmp_path / mode
+        manifests[mode] = list(run_job(prepare_job(clip, cfg, mode="track"), out))[-1].manifest
+        masks[mode] = [np.asarray(Image.open(p)) for p in sorted((out / "masks").iterdir())]
+    assert manifests["off"]["models"]["sam2"]["compile"] == {"mode": "off"}
+    said = manifests["vos"]["models"]["sam2"]["compile"]
+    assert said["mode"] == "off" and said["asked"] == "vos" and "CUDA" in said["reason"]
+    assert any('models.compile = "vos" not used' in w for w in manifests["vos"]["warnings"])
+    assert len(masks["vos"]) == 4 and all(np.array_equal(a, b) for a, b in zip(masks["off"], masks["vos"]))
+    with pytest.raises(Exception, match="models.compile"):
+        _cfg(tmp_path, "models.compile=max")
+
+
+def test_the_compile_warm_up_runs_every_part_once(tmp_path: Path):
+    """The warm-up that the compiled predictor gets (two blank frames, one box) runs on the plain one."""
+    from core.models.sam2_model import Sam2Tracker
+    from core.models.weights import resolve_sam2
+
+    cfg = _cfg(tmp_path, "models.sam2_weights=random")
+    tracker = Sam2Tracker(cfg, resolve_sam2(cfg))
+    tracker._warm_up(tracker.predictor)
+    assert tracker.seconds == 0.0 and tracker.compiled == {"mode": "off"}

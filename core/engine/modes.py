@@ -288,7 +288,8 @@ def model_records(kind: str | None, model, cfg: Config) -> Records:
     w = model.weights
     info = {"name": w.variant.name, "config": w.variant.config, "checkpoint": str(w.checkpoint) if w.checkpoint else None,
             "image_size": model.image_size, "device": str(model.device), "dtype": model.dtype,
-            "decoder": model.decoder}   # None, or the fine-tuned decoder loaded over SAM2's own
+            "decoder": model.decoder,   # None, or the fine-tuned decoder loaded over SAM2's own
+            "compile": model.compiled}
     weights = {"sam2": w.sha256}
     if model.decoder:
         weights["sam2_decoder"] = model.decoder["sha256"]

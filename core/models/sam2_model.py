@@ -84,6 +84,28 @@ def _memory_to_query_dtype(module, args, kwargs):
     return args, kwargs
 
 
+def compile_blocker(device, torch) -> str | None:
+    """Why models.compile = "vos" cannot be used on this device, or None when it can: sam2's compiled
+    predictor is made for CUDA (torch.compile with Triton kernels)."""
+    import inspect
+
+    from sam2.build_sam import build_sam2_video_predictor
+
+    if "vos_optimized" not in inspect.signature(build_sam2_video_predictor).parameters:
+        return "the installed sam2 has no vos_optimized predictor"
+    if device.type != "cuda":
+        return f"it needs a CUDA device and this one is {device.type}"
+    if not hasattr(torch, "compile"):
+        return "this torch has no torch.compile"
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:
+        return "this torch cannot tell whether Triton is installed"
+    if not has_triton():
+        return "Triton (torch.compile's GPU compiler) is not installed"
+    return None
+
+
 class Sam2Tracker:
     """A loaded SAM2 video predictor plus the device/precision policy to run it with."""
 
@@ -100,11 +122,46 @@ class Sam2Tracker:
         self.warnings: list[str] = []      # for the manifest of every job this tracker runs
         self.seconds = 0.0  # time spent inside sam2 calls (summed over threads)
         self._seconds_lock = threading.Lock()  # detect's independent chunks call in from several threads
+        self.compiled: dict = {"mode": "off"}   # what models.compile gave: for the manifest
         started = time.perf_counter()
         self.predictor = self._build(cfg, torch)
         self.build_seconds = time.perf_counter() - started
+        if cfg.models.compile == "vos":
+            self._compile(cfg, torch)
 
-    def _build(self, cfg: Config, torch):
+    def _compile(self, cfg: Config, torch) -> None:
+        """models.compile = "vos": sam2's compiled predictor, warmed up here on two blank frames so the
+        compile time never lands in a job's frames/s; where it cannot be used, the uncompiled one stays."""
+        reason = compile_blocker(self.device, torch)
+        if reason is None:
+            started = time.perf_counter()
+            try:
+                compiled = self._build(cfg, torch, vos=True)
+                self._warm_up(compiled)
+            except Exception as e:   # a compiler that fails at build or first run: keep the plain model
+                reason = f"compiling failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            else:
+                self.predictor = compiled
+                self.compiled = {"mode": "vos", "warmup_seconds": round(time.perf_counter() - started, 3)}
+                return
+        self.compiled = {"mode": "off", "asked": "vos", "reason": reason}
+        self.warnings.append(f'models.compile = "vos" not used: {reason}; SAM2 ran uncompiled')
+
+    def _warm_up(self, predictor) -> None:
+        """One box on the first of two blank frames, propagated: every compiled part runs once."""
+        import torch
+
+        size = self.image_size
+        frames = torch.zeros((2, 3, size, size))
+        state = self.new_state(frames, size, size)
+        with self.running():
+            predictor.add_new_points_or_box(state, frame_idx=0, obj_id=1,
+                                            box=np.array([size / 4, size / 4, 3 * size / 4, 3 * size / 4], np.float32))
+            for _ in predictor.propagate_in_video(state, start_frame_idx=0, max_frame_num_to_track=1):
+                pass
+        self.seconds = 0.0
+
+    def _build(self, cfg: Config, torch, vos: bool = False):
         from sam2.build_sam import build_sam2_video_predictor
 
         _quiet_sam2()
@@ -130,7 +187,7 @@ class Sam2Tracker:
         try:
             model = build_sam2_video_predictor(
                 self.weights.variant.config, None, device="cpu", hydra_overrides_extra=overrides,
-                apply_postprocessing=False,
+                apply_postprocessing=False, **({"vos_optimized": True} if vos else {}),
             )
         except Exception as e:
             raise ModelError(f"sam2 could not build {self.weights.variant.name}: {e}") from e
