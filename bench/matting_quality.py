@@ -190,6 +190,23 @@ def run_suite(names: list[str], clips: list[str] | None) -> None:
     print(f"goal: geometric mean <= {SUITE_GOAL}, no clip over {SUITE_WORST}")
 
 
+def classical(solver: AlphaSolver, band: float, temporal: float):
+    """The matting mode's classical matte, frame after frame, with the temporal carry (a fresh one per
+    clip: it starts when `prev` is None)."""
+    state = {"carry": None, "frame": 0}
+
+    def matte(rgb, mask, prev):
+        if prev is None:
+            state["carry"], state["frame"] = (TemporalCarry(temporal) if temporal > 0 else None), 0
+        alpha = solver.matte(rgb, mask, band_pixels(band, *mask.shape))
+        if state["carry"] is not None:
+            alpha = state["carry"](state["frame"], rgb, alpha)
+        state["frame"] += 1
+        return alpha
+
+    return matte
+
+
 def main() -> None:
     defaults = MattingConfig()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -202,6 +219,9 @@ def main() -> None:
                     help=f"matting.solve_max_side (default {defaults.solve_max_side})")
     ap.add_argument("--sample-weight", type=float, default=defaults.sample_weight,
                     help=f"matting.sample_weight (default {defaults.sample_weight}; 0 = plain closed form)")
+    ap.add_argument("--trimap", default=defaults.trimap, help=f"matting.trimap (default {defaults.trimap})")
+    ap.add_argument("--temporal", type=float, default=defaults.temporal,
+                    help=f"matting.temporal (default {defaults.temporal})")
     ap.add_argument("--frames", type=int, default=24, help="video frames to use (at most 24)")
     ap.add_argument("--refiner", default=None, metavar="PATH", help="also evaluate a learned refiner checkpoint")
     ap.add_argument("--device", default="auto", help="device for the refiner")
@@ -217,14 +237,14 @@ def main() -> None:
         run_suite(names, [c for c in args.clips.split(",") if c] or None)
         return
 
-    solver = AlphaSolver(args.solver, args.max_side, args.sample_weight)
+    solver = AlphaSolver(args.solver, args.max_side, args.sample_weight, trimap=args.trimap)
     start = time.perf_counter()
     importlib.import_module("pymatting")  # numba kernels load from cache (or compile) once: kept out of frames/s
     print(f"import pymatting: {time.perf_counter() - start:.1f} s (one-off; about 40 s when numba's cache is cold)")
     methods = {
         "baseline (mask as alpha)": lambda rgb, mask, prev: mask.astype(np.float64),
-        f"classical ({args.solver}{f' w{args.sample_weight:g}' if args.solver == 'cf' else ''}, band {args.band:g})":
-            lambda rgb, mask, prev: solver.matte(rgb, mask, band_pixels(args.band, *mask.shape)),
+        f"classical ({args.solver}{f' w{args.sample_weight:g}' if args.solver == 'cf' else ''}, band {args.band:g}, "
+        f"{args.trimap})": classical(solver, args.band, args.temporal),
     }
     refiner = load_refiner_hook(args.refiner, args.device)
     if refiner is not None:
