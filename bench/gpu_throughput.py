@@ -144,6 +144,15 @@ def main() -> None:
     build = time.perf_counter() - began
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     counts = [int(c) for c in args.objects.split(",") if c]
+    f = args.frames
+    compiled = tracker.compiled
+    print(f"{name}, {tracker.weights.variant.name} ({args.weights} weights), {size} px, dtype {tracker.dtype}, "
+          f"compile {compiled.get('mode')}{' (asked vos: ' + compiled['reason'] + ')' if compiled.get('asked') else ''}; "
+          f"{f} frames of long/dog (640x360); model build {build:.1f} s"
+          f"{', compile warm-up ' + str(compiled['warmup_seconds']) + ' s' if 'warmup_seconds' in compiled else ''}"
+          " (not in any frames/s)", flush=True)
+    print(f"{'objects':>7} {'raw fps':>8} {'reelmask fps':>13} {'ratio':>6} {'+preview fps':>13} {'ratio':>6} "
+          f"{'raw +obj':>9} {'reelmask +obj':>14} {'peak MB raw':>12} {'peak MB reelmask':>17}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = frames_folder(long_dog(), args.frames, Path(tmp) / "clip")
@@ -156,25 +165,15 @@ def main() -> None:
             on = min((reelmask_run(pool, with_preview, folder, points, Path(tmp) / f"on{n}-{k}")
                       for k in range(args.repeat)), key=lambda r: r[0])
             rows.append((n, raw, off, on))
-    f = args.frames
-    compiled = tracker.compiled
-    print(f"{name}, {tracker.weights.variant.name} ({args.weights} weights), {size} px, dtype {tracker.dtype}, "
-          f"compile {compiled.get('mode')}{' (asked vos: ' + compiled['reason'] + ')' if compiled.get('asked') else ''}; "
-          f"{f} frames of long/dog (640x360); model build {build:.1f} s"
-          f"{', compile warm-up ' + str(compiled['warmup_seconds']) + ' s' if 'warmup_seconds' in compiled else ''}"
-          " (not in any frames/s)")
-    print(f"{'objects':>7} {'raw fps':>8} {'reelmask fps':>13} {'ratio':>6} {'+preview fps':>13} {'ratio':>6} "
-          f"{'raw s/frame/obj+':>17} {'reelmask +obj':>14} {'peak MB raw':>12} {'peak MB reelmask':>17}")
-    first = rows[0]
-    for n, raw, off, on in rows:
-        extra_raw = extra_rm = "-"
-        if n != first[0]:
-            # per extra object: the added time per frame, relative to the one-object time per frame
-            extra_raw = f"{((raw[0] - first[1][0]) / (n - first[0])) / first[1][0]:.2f}x"
-            extra_rm = f"{((off[0] - first[2][0]) / (n - first[0])) / first[2][0]:.2f}x"
-        mb = lambda v: f"{v:.0f}" if v is not None else "n/a"   # noqa: E731
-        print(f"{n:7d} {f / raw[0]:8.2f} {f / off[0]:13.2f} {raw[0] / off[0]:6.2f} {f / on[0]:13.2f} "
-              f"{raw[0] / on[0]:6.2f} {extra_raw:>17} {extra_rm:>14} {mb(raw[1]):>12} {mb(off[1]):>17}")
+            first = rows[0]
+            extra_raw = extra_rm = "-"
+            if n != first[0]:
+                # per extra object: the time it adds per frame, relative to the first object's time per frame
+                extra_raw = f"{((raw[0] - first[1][0]) / (n - first[0])) / first[1][0]:.2f}x"
+                extra_rm = f"{((off[0] - first[2][0]) / (n - first[0])) / first[2][0]:.2f}x"
+            mb = lambda v: f"{v:.0f}" if v is not None else "n/a"   # noqa: E731
+            print(f"{n:7d} {f / raw[0]:8.2f} {f / off[0]:13.2f} {raw[0] / off[0]:6.2f} {f / on[0]:13.2f} "
+                  f"{raw[0] / on[0]:6.2f} {extra_raw:>9} {extra_rm:>14} {mb(raw[1]):>12} {mb(off[1]):>17}", flush=True)
     one = next(r for r in rows if r[0] == 1) if any(r[0] == 1 for r in rows) else rows[0]
     ratio = one[1][0] / one[2][0]
     print(f"goal: reelmask / raw for one object, preview off, at least {GOAL}")
