@@ -370,7 +370,7 @@ def fixed_state(tmp_path: Path, monkeypatch):
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     s.add_sample("cpu", "no NVIDIA GPU", 9216, 24576, 35.0, 1300)
-    return cfg, {"run": run, "train": train}
+    return cfg, {"run": run, "train": train, "bad": bad}
 
 
 def _select(job_id):
@@ -402,6 +402,38 @@ def test_snapshot_training_form_at_80x24(fixed_state, snap_compare):
         await pilot.pause()
 
     assert snap_compare(ReelmaskApp(cfg, refresh_seconds=60), terminal_size=(80, 24), run_before=open_form)
+
+
+def test_snapshot_preview_pane_and_a_long_error_at_80x24(fixed_state, snap_compare, tmp_path: Path, monkeypatch):
+    """The running job's newest mask over its frame in the preview pane (half blocks, as in any
+    terminal), and a failed job whose long error wraps in the events instead of being cut."""
+    import cv2
+    import numpy as np
+
+    from core.outputs.masks import write_palette_png
+
+    cfg, ids = fixed_state
+    frames, masks = tmp_path / "inbox" / "clip_042", tmp_path / "outbox" / "clip_042" / "masks"
+    frames.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    yy, xx = np.mgrid[0:120, 0:160]
+    frame = np.dstack([xx * 1.5, yy * 2, np.full_like(xx, 90)]).astype(np.uint8)
+    cv2.imwrite(str(frames / "00129.png"), frame)
+    objects = np.zeros((120, 160), np.uint8)
+    objects[30:90, 20:70], objects[40:100, 95:145] = 1, 2
+    write_palette_png(masks / "00129.png", objects)
+    monkeypatch.setattr(store_module, "utc_now", lambda: "2026-11-21T08:00:05.000+00:00")   # a fixed event time
+    store = Store(cfg.path(cfg.paths.db))
+    long = ("00017.jpg is truncated (2,048 of 91,533 bytes; the upload stopped early); copy the frame again "
+            "from the camera card, then run `reelmask retry 03c0ffee`")
+    store.log("error", f"broken_upload: {long}", ids["bad"])
+
+    async def preview(pilot) -> None:
+        await _select(ids["run"])(pilot)
+        await pilot.press("v")
+        await _settle(pilot.app, pilot)
+
+    assert snap_compare(ReelmaskApp(cfg, refresh_seconds=60), terminal_size=(80, 24), run_before=preview)
 
 
 def test_snapshot_events_list_at_80x24(fixed_state, snap_compare):
