@@ -160,17 +160,8 @@ def run_suite(names: list[str], clips: list[str] | None) -> None:
               f"{'frames/s':>9} {'SAD/base':>9}")
         ratios, frames, seconds = [], 0, 0.0
         for clip in suite:
-            carry = TemporalCarry(m.temporal) if m.temporal > 0 else None
-
-            def matte(rgb, mask, prev, frame=[0]):
-                alpha = solver.matte(rgb, mask, band_pixels(m.band, *mask.shape))
-                if carry is not None:
-                    alpha = carry(frame[0], rgb, alpha)
-                frame[0] += 1
-                return alpha
-
             data = Clip(clip.name, list(zip(clip.images, clip.alphas)))
-            s = evaluate(data, clip.masks, matte)
+            s = evaluate(data, clip.masks, classical(solver, m.band, m.temporal))
             base = evaluate(data, clip.masks, lambda rgb, mask, prev: mask.astype(np.float64))
             gts = clip.alphas
             dt = metrics.dtssd(s.alphas, gts) if len(gts) > 1 else float("nan")

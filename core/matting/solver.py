@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.matting.trimap import BACKGROUND, FOREGROUND, UNKNOWN, colour_trimap, trimap_from_mask
+from core.matting.trimap import BACKGROUND, FOREGROUND, UNKNOWN, colour_trimap, frame_border, trimap_from_mask
 
 METHODS = {
     "cf": "estimate_alpha_cf",    # closed form (Levin et al. 2008)
@@ -100,10 +100,7 @@ def grow_band(trimap: np.ndarray, alpha: np.ndarray, band_px: int, threshold: fl
     out = trimap.copy()
     out[(cv2.dilate(outer.astype(np.uint8), reach) > 0) & bg] = UNKNOWN
     out[(cv2.dilate(inner.astype(np.uint8), reach) > 0) & fg] = UNKNOWN
-    edge = np.zeros(trimap.shape, bool)   # the frame's border stays background (see trimap_from_mask)
-    edge[[0, -1], :] = True
-    edge[:, [0, -1]] = True
-    out[edge & bg] = BACKGROUND
+    out[frame_border(trimap.shape) & bg] = BACKGROUND   # the frame's border stays background (see trimap_from_mask)
     return out
 
 

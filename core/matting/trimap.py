@@ -75,11 +75,16 @@ def trimap_from_mask(mask: np.ndarray, band_px: int) -> np.ndarray:
     trimap[~reach] = BACKGROUND
     # The band must not run off the frame without a background constraint: frame-edge pixels
     # outside the mask are background (an object that leaves the frame is in the mask there).
-    edge = np.zeros(m.shape, bool)
+    trimap[frame_border(m.shape) & (m == 0)] = BACKGROUND
+    return trimap
+
+
+def frame_border(shape: tuple[int, ...]) -> np.ndarray:
+    """The outermost rows and columns of a frame of this shape."""
+    edge = np.zeros(shape[:2], bool)
     edge[[0, -1], :] = True
     edge[:, [0, -1]] = True
-    trimap[edge & (m == 0)] = BACKGROUND
-    return trimap
+    return edge
 
 
 def overlap(a_tree, b_tree, a_pts: np.ndarray) -> float:
