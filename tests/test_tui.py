@@ -393,15 +393,18 @@ def test_snapshot_training_job_at_120x36(fixed_state, snap_compare):
     assert snap_compare(ReelmaskApp(cfg, refresh_seconds=60), terminal_size=(120, 36), run_before=_select(ids["train"]))
 
 
+def _pressing(key: str):
+    """run_before for a snapshot: the state read, then `key` pressed (a form or list opened)."""
+    async def run_before(pilot) -> None:
+        await _settle(pilot.app, pilot)
+        await pilot.press(key)
+        await pilot.pause()
+    return run_before
+
+
 def test_snapshot_training_form_at_80x24(fixed_state, snap_compare):
     cfg, _ = fixed_state
-
-    async def open_form(pilot) -> None:
-        await _settle(pilot.app, pilot)
-        await pilot.press("t")
-        await pilot.pause()
-
-    assert snap_compare(ReelmaskApp(cfg, refresh_seconds=60), terminal_size=(80, 24), run_before=open_form)
+    assert snap_compare(ReelmaskApp(cfg, refresh_seconds=60), terminal_size=(80, 24), run_before=_pressing("t"))
 
 
 def test_snapshot_preview_pane_and_a_long_error_at_80x24(fixed_state, snap_compare, tmp_path: Path, monkeypatch):
@@ -438,13 +441,7 @@ def test_snapshot_preview_pane_and_a_long_error_at_80x24(fixed_state, snap_compa
 
 def test_snapshot_events_list_at_80x24(fixed_state, snap_compare):
     cfg, _ = fixed_state
-
-    async def open_events(pilot) -> None:
-        await _settle(pilot.app, pilot)
-        await pilot.press("e")
-        await pilot.pause()
-
-    assert snap_compare(ReelmaskApp(cfg, refresh_seconds=60), terminal_size=(80, 24), run_before=open_events)
+    assert snap_compare(ReelmaskApp(cfg, refresh_seconds=60), terminal_size=(80, 24), run_before=_pressing("e"))
 
 
 @_sync
