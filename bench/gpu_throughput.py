@@ -142,6 +142,9 @@ def main() -> None:
     began = time.perf_counter()
     tracker = pool.sam2(cfg)
     build = time.perf_counter() - began
+    began = time.perf_counter()
+    cost = tracker.memory_cost()      # what a job's memory check measures once per worker (CUDA only)
+    measured = time.perf_counter() - began
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     counts = [int(c) for c in args.objects.split(",") if c]
     f = args.frames
@@ -151,6 +154,10 @@ def main() -> None:
           f"{f} frames of long/dog (640x360); model build {build:.1f} s"
           f"{', compile warm-up ' + str(compiled['warmup_seconds']) + ' s' if 'warmup_seconds' in compiled else ''}"
           " (not in any frames/s)", flush=True)
+    if cost is not None:
+        print(f"memory cost at {size} px, measured in {measured:.1f} s (not in any frames/s): {cost.fixed_mb:.0f} MiB "
+              f"fixed, {cost.per_object_mb:.1f} per object, {cost.per_frame_mb:.2f} per frame, "
+              f"{cost.per_object_frame_mb:.2f} per object and frame of a chunk", flush=True)
     print(f"{'objects':>7} {'raw fps':>8} {'reelmask fps':>13} {'ratio':>6} {'+preview fps':>13} {'ratio':>6} "
           f"{'raw +obj':>9} {'reelmask +obj':>14} {'peak MB raw':>12} {'peak MB reelmask':>17}", flush=True)
     rows = []

@@ -84,6 +84,8 @@ class ModelsConfig:
     compile: str = _key("off", '"off" or "vos": sam2\'s compiled video predictor (vos_optimized: torch.compile of the '
                                'image encoder, memory encoder and attention; CUDA only, warmed up once per worker and image '
                                'size, its time reported apart); where it cannot be used, SAM2 runs uncompiled with a warning')
+    memory_check: bool = _key(True, "refuse a SAM2 job that would not fit in its CUDA device's free memory, before it "
+                                    "starts (the cost per object and frame is measured once per worker and image size)")
     dtype: str = _key("auto", '"auto" (bfloat16 autocast on CUDA, float32 on CPU), "float32" or "bfloat16"')
     seed: int = _key(0, "random seed for random weights and sampling", job=True, lo=0, hi=2**31 - 1)
     unet: str = _key("", "trained U-Net checkpoint (best.pt from `reelmask train unet`) for unet mode")

@@ -21,6 +21,10 @@ class ModelError(ReelmaskError):
     """A model cannot be found, downloaded, verified or built."""
 
 
+class DeviceMemoryError(ReelmaskError):
+    """A job that would not fit in its device's free memory; said before it starts."""
+
+
 class OutputError(ReelmaskError):
     """The output folder cannot be written."""
 

@@ -18,8 +18,8 @@ from typing import Callable, Iterator
 
 from core.config import Config, LimitsConfig, parse_toml, with_overrides
 from core.engine.chunks import Chunk
-from core.engine.events import (AlphaResult, ChunkFinished, ChunkStarted, EngineWarning, FrameResult, Phase, PromptUsed,
-                                Records)
+from core.engine.events import (AlphaResult, ChunkFinished, ChunkStarted, DeviceMemory, EngineWarning, FrameResult,
+                                Phase, PromptUsed, Records)
 from core.engine.modes import SAM2, UNET, EngineInputs, mode_spec, model_records
 from core.errors import ConfigError, FrameFolderError
 from core.frames import FrameFolder, FrameReader, to_model_input
@@ -38,7 +38,7 @@ from core.prompts import PROMPTS_FILE, Prompts, mask_names, parse_prompts, read_
 log = logging.getLogger(__name__)
 
 # the pipeline is the one door to a job: callers (the CLI, the daemon) take the events it yields from here
-__all__ = ["AlphaResult", "ChunkFinished", "ChunkStarted", "EngineWarning", "FrameResult", "JobFinished",
+__all__ = ["AlphaResult", "ChunkFinished", "ChunkStarted", "DeviceMemory", "EngineWarning", "FrameResult", "JobFinished",
            "JobStarted", "ModelPool", "OffloadTask", "Phase", "PreparedJob", "PromptUsed", "prepare_job", "run_job",
            "run_offloaded"]
 
@@ -271,11 +271,13 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     t_model = time.perf_counter()
     kind = spec.model_kind(job.folder, job.prompts)
     model = models.load(kind, cfg)
-    model_seconds = time.perf_counter() - t_model
     folder = job.folder
+    chunks = spec.chunks(len(folder), cfg)
+    memory = _memory_check(spec, job, cfg, kind, model, chunks)   # measures the cost once per model: load time
+    model_seconds = time.perf_counter() - t_model
     warnings = _model_warnings([*(folder.source.warnings if folder.source else ()), *spec.warnings(job.prompts)],
                                kind, model)
-    chunks = spec.chunks(len(folder), cfg)
+    watch = MemoryWatch(model if kind == SAM2 else None)
     reader = _frame_reader(folder, model, cfg)
     random = kind == SAM2 and model.weights.is_random
     preview = (PreviewSettings(cfg.output.preview_fps, cfg.output.preview_max_side, cfg.output.preview_opacity,
@@ -304,6 +306,9 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
                 resumed_from = event.start if event.sweep == "forward" else event.end - 1
             _record(event, writer, ckpt, stage, warnings)
             yield event
+            reading = watch.read(force=isinstance(event, (ChunkStarted, ChunkFinished)))
+            if reading is not None:
+                yield reading
         if previous is not None and preview is not None:
             writer.rebuild_preview(preview)
         made = writer.formats(cfg.output.formats, cfg.output.preview_fps)
@@ -324,13 +329,15 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
         raise RuntimeError(f"internal error: an alpha matte is missing in {stage / ALPHA_DIR}")
 
     total = time.perf_counter() - t0
+    if memory is not None:
+        memory.update(watch.summary())
     records = engine.records(out, cache_dir(cfg))
     if made:
         records = records.then(Records(fields={"formats": list(cfg.output.formats), "format_files": made}))
     for name, source in records.files.items():  # e.g. the self-trained detector
         shutil.copyfile(source, stage / name)
     manifest = build_manifest(job, out, chunks, ckpt.chunk_log, warnings, writer, ckpt.prompt_counts,
-                              prompts=spec.used_prompts(job.prompts), model=model_records(kind, model, cfg),
+                              prompts=spec.used_prompts(job.prompts), model=model_records(kind, model, cfg, memory),
                               engine=records, started_at=started_at, total=total, model_seconds=model_seconds,
                               frame_wait=reader.wait_seconds, resumed_from=resumed_from)
     Checkpoint.clear(stage)
@@ -341,6 +348,60 @@ def _run_job(job: PreparedJob, out: Path, models: ModelPool | None, should_stop:
     write_json(stage / MANIFEST, manifest)
     publish(stage, out, cfg.output.overwrite)
     yield JobFinished(out, manifest)
+
+
+def _memory_check(spec, job: PreparedJob, cfg: Config, kind: str | None, model, chunks: list[Chunk]) -> dict | None:
+    """Before a SAM2 job starts: would it fit in its device's free memory? Raises DeviceMemoryError
+    with what to change; returns the manifest's record (None for a mode without SAM2)."""
+    if kind != SAM2:
+        return None
+    if not cfg.models.memory_check:
+        return {"checked": False, "reason": "models.memory_check = false"}
+    from core.models.memory_cost import check_fits
+
+    frames = max((c.end - c.start for c in chunks), default=len(job.folder))
+    return check_fits(model, spec.objects_known(job.folder, job.prompts, cfg), frames, job.folder.height,
+                      job.folder.width, cfg.chunking.prefetch, spec.chunks_at_once(job.folder, job.prompts, cfg))
+
+
+class MemoryWatch:
+    """Device memory of a running SAM2 job, read at most once a second (and at chunk edges) as
+    DeviceMemory events; the peaks go to the manifest."""
+
+    EVERY = 1.0
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+        self.last = float("-inf")
+        self.job_peak = 0.0
+        self.cuda = tracker is not None and tracker.device.type == "cuda"
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(tracker.device)
+
+    def read(self, force: bool = False) -> DeviceMemory | None:
+        now = time.monotonic()
+        if self.tracker is None or (not force and now - self.last < self.EVERY):
+            return None
+        self.last = now
+        job = self.tracker.live.held_mb()
+        self.job_peak = max(self.job_peak, job)
+        used = peak = None
+        if self.cuda:
+            import torch
+
+            used = torch.cuda.memory_allocated(self.tracker.device) / 2**20
+            peak = torch.cuda.max_memory_allocated(self.tracker.device) / 2**20
+        return DeviceMemory(str(self.tracker.device), round(job, 1), used and round(used, 1), peak and round(peak, 1))
+
+    def summary(self) -> dict:
+        out = {"job_state_peak_mb": round(self.job_peak, 1)}
+        if self.cuda:
+            import torch
+
+            out["process_peak_mb"] = round(torch.cuda.max_memory_allocated(self.tracker.device) / 2**20, 1)
+        return out
 
 
 def write_frame_times(path: Path, folder: FrameFolder) -> None:

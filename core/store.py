@@ -93,6 +93,9 @@ class Job:
     frames_done: int = 0
     fps: float | None = None
     chunk: int | None = None
+    mem_device: str | None = None      # the device the job's model runs on (last memory reading)
+    mem_job_mb: float | None = None    # the job's own SAM2 state there now
+    mem_peak_mb: float | None = None   # the worker process's peak on that device since the job started (CUDA)
 
     def status(self) -> dict[str, Any]:
         """The `reelmask status --json` form of a job."""
@@ -102,6 +105,8 @@ class Job:
             "fps": self.fps, "input": self.input_path, "output": self.output_path, "source": self.source,
             "attempts": self.attempts, "resumed_from_frame": self.resumed_from_frame,
             "worker": self.worker, "node": self.node,
+            "device_memory": ({"device": self.mem_device, "job_mb": self.mem_job_mb, "peak_mb": self.mem_peak_mb}
+                              if self.mem_device else None),
             "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
         }
 
@@ -160,11 +165,18 @@ _MIGRATIONS: list[tuple[int, str]] = [
     ALTER TABLE samples ADD COLUMN node TEXT;
     ALTER TABLE samples ADD COLUMN worker TEXT;
     """),
+    (4, """
+    ALTER TABLE progress ADD COLUMN mem_device TEXT;
+    ALTER TABLE progress ADD COLUMN mem_job_mb REAL;
+    ALTER TABLE progress ADD COLUMN mem_peak_mb REAL;
+    """),
 ]
 
-_JOB_COLUMNS = [f.name for f in fields(Job) if f.name not in ("frames_done", "fps", "chunk")]
+_PROGRESS_FIELDS = ("frames_done", "fps", "chunk", "mem_device", "mem_job_mb", "mem_peak_mb")
+_JOB_COLUMNS = [f.name for f in fields(Job) if f.name not in _PROGRESS_FIELDS]
 _JOB_SELECT = ("SELECT " + ", ".join(f"j.{c}" for c in _JOB_COLUMNS) +
-               ", COALESCE(p.frames_done, 0), p.fps, p.chunk FROM jobs j LEFT JOIN progress p ON p.job_id = j.id")
+               ", COALESCE(p.frames_done, 0), p.fps, p.chunk, p.mem_device, p.mem_job_mb, p.mem_peak_mb "
+               "FROM jobs j LEFT JOIN progress p ON p.job_id = j.id")
 
 
 class Store:
@@ -398,6 +410,11 @@ class Store:
             "ON CONFLICT(job_id) DO UPDATE SET frames_done = excluded.frames_done, frames_total = excluded.frames_total, "
             "fps = excluded.fps, chunk = excluded.chunk, updated_at = excluded.updated_at",
             (job_id, frames_done, frames_total, fps, chunk, utc_now()))
+
+    def set_device_memory(self, job_id: str, device: str, job_mb: float, peak_mb: float | None) -> None:
+        """A running job's device memory (its progress row exists once the job has started)."""
+        self.conn.execute("UPDATE progress SET mem_device = ?, mem_job_mb = ?, mem_peak_mb = ? WHERE job_id = ?",
+                          (device, job_mb, peak_mb, job_id))
 
     def set_chunk(self, job_id: str, sweep: str, idx: int, start: int, end: int, state: str,
                   seconds: float | None = None) -> None:

@@ -23,8 +23,8 @@ from core.config import Config
 from core.errors import Cancelled, FrameFolderError, ReelmaskError
 from core.outputs.folder import MANIFEST, fit_name, staging_path
 from core.outputs.manifest import record_final_input
-from core.pipeline import (ChunkFinished, ChunkStarted, EngineWarning, FrameResult, JobFinished, JobStarted, ModelPool,
-                           Phase, prepare_job, run_job)
+from core.pipeline import (ChunkFinished, ChunkStarted, DeviceMemory, EngineWarning, FrameResult, JobFinished,
+                           JobStarted, ModelPool, Phase, prepare_job, run_job)
 from core.store import Job, JobState, Store
 from core.video import is_video_name
 from daemon.folders import MoveError, file_failure, move_folder, record_error_file, unique_path
@@ -378,6 +378,8 @@ def _report(progress: JobProgress, event: object) -> None:
         progress.flush()
     elif isinstance(event, ChunkStarted):
         progress.start_chunk(event.sweep, event.chunk, event.start, event.end - 1)
+    elif isinstance(event, DeviceMemory):
+        store.set_device_memory(job_id, event.device, event.job_mb, event.peak_mb)
     elif isinstance(event, Phase):
         store.log("info", event.name, job_id)
     elif isinstance(event, EngineWarning):

@@ -12,12 +12,12 @@ from tests.daemon_process import scaled
 
 def test_schema_is_versioned_and_wal(tmp_path: Path):
     store = Store(tmp_path / "state.db")
-    assert store.schema_version() == 3
+    assert store.schema_version() == 4
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert {"jobs", "progress", "chunks", "events", "samples", "commands", "train_metrics",
             "migrations"} <= {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     Store(tmp_path / "state.db")  # opening again applies nothing twice
-    assert store.conn.execute("SELECT COUNT(*) FROM migrations").fetchone()[0] == 3
+    assert store.conn.execute("SELECT COUNT(*) FROM migrations").fetchone()[0] == 4
 
 
 def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path):
@@ -32,7 +32,8 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path):
     finally:
         store_module._MIGRATIONS = old
     store = Store(tmp_path / "state.db")
-    assert store.schema_version() == 3 and store.job(job).name == "clip"
+    assert store.schema_version() == 4 and store.job(job).name == "clip"
+    assert store.job(job).mem_job_mb is None  # the progress columns added by version 4
     store.add_train_metric(job, 1, step=3, loss=0.5)
     store.add_train_metric(job, 1, metrics={"epoch": 1, "train_loss": 0.4})
     rows = store.train_metrics(job)

@@ -107,16 +107,24 @@ def _devices(samples: list[dict], jobs: list[Job] | tuple[Job, ...] = ()) -> tup
     by_device: dict[tuple[str, str], list[dict]] = {}
     for s in samples:
         by_device.setdefault((s.get("node") or "", s["device"]), []).append(s)
-    running = {j.worker: j.name for j in jobs if j.state == "running" and j.worker}
+    running = [j for j in jobs if j.state == "running" and j.worker]
     out = []
     for (node, device), rows in sorted(by_device.items()):
         last = rows[-1]
-        workers = sorted({r.get("worker") for r in rows[-20:] if r.get("worker")})
+        workers = {r.get("worker") for r in rows[-20:] if r.get("worker")}
+        # a Ray actor's samples name it; the daemon's own samples name no worker: its jobs on this device
+        here = [j for j in running if j.worker in workers or (not node and not workers and j.mem_device == device)]
         out.append(DeviceMemory(device, last["name"] or device, last["mem_used_mb"], last["mem_total_mb"],
                                 last["util"], last["rss_mb"],
                                 tuple(r["mem_used_mb"] or 0.0 for r in rows[-60:]), last["ts"], node or None,
-                                tuple(f"{running[w]} ({w})" for w in workers if w in running)))
+                                tuple(_running_label(j) for j in sorted(here, key=lambda j: j.worker))))
     return tuple(out)
+
+
+def _running_label(job: Job) -> str:
+    """"name (worker)", with the memory the job holds on its device once it has said."""
+    held = f", holds {format_mb(job.mem_job_mb)}" if job.mem_job_mb is not None else ""
+    return f"{job.name} ({job.worker}{held})"
 
 
 def _detail(store: Store, job: Job) -> JobDetail:

@@ -110,6 +110,9 @@ class JobPanel(VerticalScroll):
         lines.append(f"{job.frames_done}/{job.frames_total or '?'} {unit}")
         if job.fps:
             lines.append(f" at {job.fps:.1f}/s, ETA {format_duration(eta_seconds(job))}")
+        if job.mem_device and job.mem_job_mb is not None:
+            peak = f", worker peak {format_mb(job.mem_peak_mb)}" if job.mem_peak_mb is not None else ""
+            lines.append(f"\n{job.mem_device}: job holds {format_mb(job.mem_job_mb)}{peak}")
         loss.display = len(detail.losses) >= 3  # fewer points draw as a solid block, not a curve
         if detail.losses:
             loss.data = list(detail.losses)

@@ -59,6 +59,18 @@ class EngineWarning:
 
 
 @dataclass(frozen=True)
+class DeviceMemory:
+    """What a running job holds on its model's device, in MiB: `job_mb` is its own SAM2 state (exact even
+    when jobs share a device); `used_mb` and `peak_mb` are the process's allocation now and its peak
+    since the job started (CUDA only, else None; they include the model's weights)."""
+
+    device: str
+    job_mb: float
+    used_mb: float | None = None
+    peak_mb: float | None = None
+
+
+@dataclass(frozen=True)
 class Phase:
     """A stage of a job that is not frame-by-frame work (e.g. training the detector)."""
 

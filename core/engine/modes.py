@@ -87,6 +87,14 @@ class ModeSpec:
     def warnings(self, prompts: Prompts) -> list[str]:
         return []
 
+    def objects_known(self, folder: FrameFolder, prompts: Prompts, cfg: Config) -> int:
+        """Objects SAM2 follows at once that are known before the start (found ones come later: at least 1)."""
+        return 1
+
+    def chunks_at_once(self, folder: FrameFolder, prompts: Prompts, cfg: Config) -> int:
+        """SAM2 inference states open at the same time."""
+        return 1
+
     def build(self, x: EngineInputs) -> Engine:
         raise NotImplementedError
 
@@ -100,6 +108,9 @@ class TrackMode(ModeSpec):
                 f"track mode needs objects to follow, but {root / 'prompts.json'} lists none; add "
                 '{"objects": [{"id": 1, "frame": 0, "points": [[x, y]], "labels": [1]}]}'
             )
+
+    def objects_known(self, folder, prompts, cfg):
+        return max(1, len(prompts.objects))
 
     def build(self, x):
         from core.engine.track import TrackEngine
@@ -121,6 +132,9 @@ class DetectMode(ModeSpec):
 
     def resumable(self, prompts, cfg):
         return not self_train_requested(prompts, cfg)  # self-training cuts its chunks after training
+
+    def chunks_at_once(self, folder, prompts, cfg):
+        return 1 if self_train_requested(prompts, cfg) else max(1, cfg.detect.parallel_chunks)
 
     def build(self, x):
         from core.engine.detect_parallel import make_detect_engine
@@ -241,6 +255,14 @@ class MattingMode(ModeSpec):
     def model_kind(self, folder, prompts):
         return None if matting_segmentation(folder, prompts) is None else SAM2  # masks/ need no model
 
+    def objects_known(self, folder, prompts, cfg):
+        source = matting_segmentation(folder, prompts)
+        return MODES[source].objects_known(folder, prompts, cfg) if source else 1
+
+    def chunks_at_once(self, folder, prompts, cfg):
+        source = matting_segmentation(folder, prompts)
+        return MODES[source].chunks_at_once(folder, prompts, matting_config(prompts, cfg)) if source else 1
+
     def plan(self, folder, prompts, cfg):
         m = cfg.matting
         return (super().plan(folder, prompts, cfg) + f", matting {cfg.models.matting or 'classical'} {m.solver} "
@@ -273,7 +295,7 @@ def mode_spec(mode: Mode) -> ModeSpec:
     return MODES[mode]
 
 
-def model_records(kind: str | None, model, cfg: Config) -> Records:
+def model_records(kind: str | None, model, cfg: Config, memory: dict | None = None) -> Records:
     """The manifest's "models" and "weights" entries, timing and warnings of a mode's model."""
     if kind is None:  # matting of given masks: no segmentation model ran
         return Records()
@@ -290,6 +312,8 @@ def model_records(kind: str | None, model, cfg: Config) -> Records:
             "image_size": model.image_size, "device": str(model.device), "dtype": model.dtype,
             "decoder": model.decoder,   # None, or the fine-tuned decoder loaded over SAM2's own
             "compile": model.compiled}
+    if memory is not None:
+        info["memory"] = memory   # the check before the start and the peaks the job reached
     weights = {"sam2": w.sha256}
     if model.decoder:
         weights["sam2_decoder"] = model.decoder["sha256"]

@@ -23,6 +23,7 @@ from core.config import Config
 from core.errors import ModelError
 from core.models.checkpoints import read_state_dict
 from core.models.devices import pick_device
+from core.models.memory_cost import LiveStates, MemoryCost, measure_cost
 from core.models.sam2_decoder import apply_decoder, base_identity, resolve_decoder_path
 from core.models.weights import Sam2Weights
 
@@ -123,6 +124,8 @@ class Sam2Tracker:
         self.seconds = 0.0  # time spent inside sam2 calls (summed over threads)
         self._seconds_lock = threading.Lock()  # detect's independent chunks call in from several threads
         self.compiled: dict = {"mode": "off"}   # what models.compile gave: for the manifest
+        self.live = LiveStates()     # the inference states open now (a job's own device memory)
+        self._cost: MemoryCost | None | bool = False   # measured on first use (False: not yet)
         started = time.perf_counter()
         self.predictor = self._build(cfg, torch)
         self.build_seconds = time.perf_counter() - started
@@ -232,12 +235,18 @@ class Sam2Tracker:
             with self._seconds_lock:
                 self.seconds += time.perf_counter() - start
 
+    def memory_cost(self) -> MemoryCost | None:
+        """This tracker's device memory per object and frame, measured once on its device (None on a CPU)."""
+        if self._cost is False:
+            self._cost = measure_cost(self)
+        return self._cost
+
     # -------------------------------------------------------- state and prompts
 
     def new_state(self, frames: Sequence, height: int, width: int) -> dict:
         """An inference state like sam2's `init_state`, reading frames lazily from `frames`."""
         device = self.device
-        return {
+        state = _State({
             "images": frames,
             "num_frames": len(frames),
             "offload_video_to_cpu": False,
@@ -256,7 +265,9 @@ class Sam2Tracker:
             "output_dict_per_obj": {},
             "temp_output_dict_per_obj": {},
             "frames_tracked_per_obj": {},
-        }
+        })
+        self.live.add(state)
+        return state
 
     def add_points(self, state: dict, frame: int, obj_id: int, points=None, labels=None, box=None) -> None:
         with self.running():
@@ -285,6 +296,12 @@ class Sam2Tracker:
                 except StopIteration:
                     return
             yield frame, list(obj_ids), FrameLogits(list(obj_ids), logits[:, 0])
+
+
+class _State(dict):
+    """A SAM2 inference state (a dict, as sam2 expects) that a weak reference can follow."""
+
+    __slots__ = ("__weakref__",)
 
 
 class FrameLogits:
