@@ -41,6 +41,34 @@ def test_fill_small_holes_only_fills_small_background_holes():
     assert fill_small_holes(ids, 0) is ids
 
 
+def _fill_on_whole_frame(id_map: np.ndarray, max_area: int) -> np.ndarray:
+    """The plain rule: per object, the small background components of everything that is not it."""
+    out = id_map.copy()
+    for obj in np.unique(id_map):
+        if obj == 0:
+            continue
+        n, labels, stats, _ = cv2.connectedComponentsWithStats((id_map != obj).astype(np.uint8), connectivity=8)
+        small = np.nonzero(stats[1:, cv2.CC_STAT_AREA] <= max_area)[0] + 1
+        out[np.isin(labels, small) & (id_map == 0)] = obj
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_filling_holes_inside_each_box_equals_the_whole_frame_rule(seed: int):
+    """Objects with holes, touching the frame's edges and each other, on frames from tiny to wide."""
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(6, 90)), int(rng.integers(6, 160))
+    ids = np.zeros((h, w), np.uint8)
+    for k in range(int(rng.integers(1, 9))):
+        x, y = int(rng.integers(-5, w)), int(rng.integers(-5, h))
+        cv2.rectangle(ids, (x, y), (x + int(rng.integers(2, w)), y + int(rng.integers(2, h))), k + 1, -1)
+        cv2.circle(ids, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(1, 12)), k + 1, -1)
+    ids[rng.random((h, w)) < 0.08] = 0       # pinholes
+    ids[rng.random((h, w)) < 0.01] = 9       # specks of another object
+    for max_area in (1, 4, 30, h * w):
+        assert np.array_equal(fill_small_holes(ids, max_area), _fill_on_whole_frame(ids, max_area)), max_area
+
+
 def test_writer_masks_prompts_and_ordered_preview(tmp_path: Path):
     folder = FrameFolder.scan(make_clip(tmp_path / "clip", n=6, size=(64, 48), name="f_{i}.png"))
     out = tmp_path / "out"

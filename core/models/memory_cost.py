@@ -2,8 +2,8 @@
 
 A job's SAM2 memory grows with the objects it follows and the frames of a chunk: every tracked frame
 keeps each object's memory features and low-resolution mask in the inference state until the chunk
-ends. `measure_cost` runs the job's own tracker on blank frames four times (one and two objects,
-two chunk lengths) and solves need = fixed + per_object x objects + per_frame x frames +
+ends. `measure_cost` runs the job's own tracker on blank frames four times (one and two objects, two
+chunk lengths; after one run that is not measured) and solves need = fixed + per_object x objects + per_frame x frames +
 per_object_frame x objects x frames from the peaks the CUDA allocator reports. Two costs are added
 by arithmetic, not measured: the mask logits at the video's own resolution (float32, per object,
 twice: the logits and their threshold) and the frames the reader prepares ahead on the device.
@@ -100,7 +100,9 @@ def measure_cost(tracker, states_only: bool = False) -> MemoryCost | None:
     size, video = tracker.image_size, 256   # a small video: its logits' cost is added by arithmetic
     peaks = {}
     seconds = tracker.seconds
-    for objects, frames in CALIBRATION:
+    # a first run, not measured, takes the one-off allocations (library workspaces, kernel caches) that
+    # would otherwise land in the first point and pass for a cost per object and frame
+    for objects, frames in ([(1, 3)] if cuda else []) + list(CALIBRATION):
         if cuda:
             torch.cuda.synchronize(device)
             base = torch.cuda.memory_allocated(device)
