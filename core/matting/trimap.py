@@ -96,6 +96,26 @@ def overlap(a_tree, b_tree, a_pts: np.ndarray) -> float:
 
 
 TURN_SPREAD = 1.5   # a pixel turns over only this near the other side's samples (times their own spacing)
+SPECK_AREA = 6      # a group of fewer pixels turned to background deep inside the mask is kept foreground
+SPECK_DEPTH = 4.0   # "deep": more than this many band widths inside the mask edge, on average
+
+
+def _without_deep_specks(candidates: np.ndarray, turned: np.ndarray, inside: np.ndarray, deep: float) -> np.ndarray:
+    """`turned` (flags of the candidate pixels) less the specks turned to background deep inside the
+    mask: groups of fewer than SPECK_AREA pixels whose mean depth is over `deep`. Those are an
+    object's own colours that happen to match the background (the real lemur's fur), not the gaps
+    between strands, which open towards the edge in bigger groups."""
+    import cv2
+
+    img = np.zeros(candidates.shape, np.uint8)
+    img[candidates] = turned
+    img &= (inside > 0).astype(np.uint8)      # only what was turned inside the mask
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(img, connectivity=8)
+    area = stats[:, cv2.CC_STAT_AREA]
+    depth = np.bincount(labels.ravel(), weights=inside.ravel(), minlength=n) / np.maximum(area, 1)
+    speck = (area < SPECK_AREA) & (depth > deep)
+    speck[0] = False
+    return turned & ~speck[labels][candidates]
 
 
 def colour_trimap(rgb: np.ndarray, mask: np.ndarray, band_px: int, ratio: float = 0.7, sure: float = 0.2,
@@ -109,7 +129,7 @@ def colour_trimap(rgb: np.ndarray, mask: np.ndarray, band_px: int, ratio: float 
     is nearer the background model than the core's (by `ratio`: mean distance to the 5 nearest
     samples), and background outright when it is much nearer (by `sure`) and as close to the
     background model as background pixels are to each other: the gaps between strands that a mask
-    swallowed. Likewise, a pixel of that outer ring marked background becomes unknown, or
+    swallowed (except specks deep inside, see `_without_deep_specks`). Likewise, a pixel of that outer ring marked background becomes unknown, or
     foreground, when its colour is the core's: strands or smoke the mask missed. Two pixels around
     every turned-over pixel become unknown, so no hard edge is made. Where the models overlap (by
     more than `overlap_limit`, see `overlap`: a foreground coloured like its background), colour
@@ -151,6 +171,7 @@ def colour_trimap(rgb: np.ndarray, mask: np.ndarray, band_px: int, ratio: float 
     unsure = np.where(in_mask, to_bg < ratio * to_fg, to_fg < ratio * to_bg)
     turned = np.where(in_mask, (to_bg < sure * to_fg) & (to_bg <= TURN_SPREAD * spread(bg_tree, ring_pts)),
                       (to_fg < sure * to_bg) & (to_fg <= TURN_SPREAD * spread(fg_tree, core_pts)))
+    turned = _without_deep_specks(candidates, turned, inside, SPECK_DEPTH * band_px)
     flat = trimap[candidates]
     flat[unsure] = UNKNOWN
     flat[turned & in_mask] = BACKGROUND
