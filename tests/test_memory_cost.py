@@ -142,3 +142,34 @@ def test_progress_rows_keep_a_jobs_device_memory(tmp_path: Path):
     store.add_sample("cuda:0", "NVIDIA H200", 4096.0, 143771.0, 50.0, 900.0)
     (row,) = _devices(store.samples(), store.jobs())
     assert row.running == ("dog (w0, holds 812 MiB)",)
+
+
+def test_a_job_that_would_not_fit_fails_before_its_first_frame(tmp_path: Path, model_pool, monkeypatch):
+    """The pipeline asks before the start with the job's own objects and chunk length; the refusal
+    publishes nothing. The device is a CPU here, so its measured cost and free memory are given."""
+    from core.pipeline import FrameResult, prepare_job, run_job
+
+    cfg = _cfg(tmp_path, "chunking.chunk_size=6")
+    tracker = model_pool.sam2(cfg)
+    cost = MemoryCost("cuda:0", 256, 100.0, 5.0, 1.0, 2.0, 0.75)
+    monkeypatch.setattr(tracker, "memory_cost", lambda: cost)
+    monkeypatch.setattr("core.models.memory_cost.free_mb", lambda device: 150.0)
+    clip = make_clip(tmp_path / "clip", n=8, objects=2, prompts={"objects": [
+        {"id": k, "frame": 0, "points": [[20 * k, 40]], "labels": [1]} for k in (1, 2, 3)]})
+    events = []
+    with pytest.raises(DeviceMemoryError) as e:
+        for event in run_job(prepare_job(clip, cfg, mode="track"), tmp_path / "out", models=model_pool):
+            events.append(event)
+    assert "3 object(s), 6 frames a chunk" in str(e.value) and "150 MiB are free" in str(e.value)
+    assert not any(isinstance(x, FrameResult) for x in events) and not (tmp_path / "out").exists()
+    # with room for it, the same job runs and records the check
+    monkeypatch.setattr("core.models.memory_cost.free_mb", lambda device: 10_000.0)
+    manifest = list(run_job(prepare_job(clip, cfg, mode="track"), tmp_path / "out", models=model_pool))[-1].manifest
+    memory = manifest["models"]["sam2"]["memory"]
+    assert memory["checked"] and memory["objects"] == 3 and memory["chunk_frames"] == 6
+    assert memory["estimate_mb"] == pytest.approx(cost.need_mb(3, 6, 120, 160, cfg.chunking.prefetch), abs=0.1)
+    monkeypatch.setattr("core.models.memory_cost.free_mb", lambda device: 1.0)
+    off = load_config(None, [f"paths.cache={tmp_path / 'cache'}", *FAST, "chunking.chunk_size=6",
+                             "models.memory_check=false"], use_default_path=False)
+    manifest = list(run_job(prepare_job(clip, off, mode="track"), tmp_path / "out2", models=model_pool))[-1].manifest
+    assert manifest["models"]["sam2"]["memory"]["checked"] is False
