@@ -431,8 +431,12 @@ def _frame_reader(folder: FrameFolder, model, cfg: Config) -> FrameReader:
 
     size, device = model.image_size, model.device
 
+    pin = device.type == "cuda"
+
     def prepare(rgb):
-        return torch.from_numpy(to_model_input(rgb, size)).to(device, non_blocking=True)
+        # on the reader thread: page-locked memory lets the copy to the GPU run without holding this thread
+        host = torch.from_numpy(to_model_input(rgb, size))
+        return (host.pin_memory() if pin else host).to(device, non_blocking=True)
 
     return FrameReader(folder, prepare, prefetch=cfg.chunking.prefetch)
 

@@ -162,3 +162,26 @@ def test_the_compile_warm_up_runs_every_part_once(tmp_path: Path):
     tracker = Sam2Tracker(cfg, resolve_sam2(cfg))
     tracker._warm_up(tracker.predictor)
     assert tracker.seconds == 0.0 and tracker.compiled == {"mode": "off"}
+
+
+def test_frame_logits_id_map_takes_the_highest_allowed_object():
+    """Overlaps go to the highest logit, objects left out never appear, and the per-object constants
+    kept on the device for a set of objects give the same map the next frame."""
+    import numpy as np
+    import torch
+
+    from core.models.sam2_model import FrameLogits
+
+    logits = torch.full((3, 4, 5), -5.0)
+    logits[0, :, :2] = 2.0         # object 4 on the left
+    logits[1, :, 1:4] = 3.0        # object 7 overlaps it on column 1 and wins there
+    logits[2, 0, :] = 9.0          # object 9 on the top row
+    frame = FrameLogits([4, 7, 9], logits)
+    for _ in range(2):
+        ids = frame.id_map()
+        assert ids.dtype == np.uint8 and ids.shape == (4, 5)
+        assert ids[0].tolist() == [9, 9, 9, 9, 9] and ids[1].tolist() == [4, 7, 7, 7, 0]
+    without_7 = frame.id_map({4, 9})
+    assert without_7[1].tolist() == [4, 4, 0, 0, 0] and 7 not in without_7
+    assert not frame.id_map({5}).any()
+    assert frame.mask(7)[1].tolist() == [False, True, True, True, False]

@@ -304,6 +304,26 @@ class _State(dict):
     __slots__ = ("__weakref__",)
 
 
+_DEVICE_CONSTANTS: "OrderedDict[tuple, object]" = OrderedDict()
+_DEVICE_CONSTANTS_LOCK = threading.Lock()
+
+
+def _on_device(key: tuple, device, make):
+    """A small constant tensor kept on `device` (the last 64 used)."""
+    key = (*key, str(device))
+    with _DEVICE_CONSTANTS_LOCK:
+        value = _DEVICE_CONSTANTS.get(key)
+        if value is not None:
+            _DEVICE_CONSTANTS.move_to_end(key)
+            return value
+    value = make().to(device)
+    with _DEVICE_CONSTANTS_LOCK:
+        _DEVICE_CONSTANTS[key] = value
+        while len(_DEVICE_CONSTANTS) > 64:
+            _DEVICE_CONSTANTS.popitem(last=False)
+    return value
+
+
 class FrameLogits:
     """SAM2's per-object mask logits of one frame at video resolution, on the model's device."""
 
@@ -312,17 +332,21 @@ class FrameLogits:
         self.logits = logits
 
     def id_map(self, allowed: set[int] | None = None) -> np.ndarray:
-        """HxW uint8 object ids; overlaps go to the highest logit; only `allowed` ids take part."""
+        """HxW uint8 object ids; overlaps go to the highest logit; only `allowed` ids take part. The
+        small per-object tensors are made once per set of objects and device (no host-to-device copy
+        per frame); the one copy back is the finished map."""
         import torch
 
         logits = self.logits.float()
         if allowed is not None:
-            keep = torch.tensor([o in allowed for o in self.obj_ids], device=logits.device)
-            if not bool(keep.any()):
+            keep = _on_device(("keep", tuple(self.obj_ids), frozenset(allowed)), logits.device,
+                              lambda: torch.tensor([o in allowed for o in self.obj_ids]))
+            if not any(o in allowed for o in self.obj_ids):
                 return np.zeros(logits.shape[-2:], dtype=np.uint8)
             logits = torch.where(keep[:, None, None], logits, torch.full_like(logits, -1e4))
         best, arg = logits.max(dim=0)
-        ids = torch.tensor(self.obj_ids, dtype=torch.uint8, device=logits.device)
+        ids = _on_device(("ids", tuple(self.obj_ids)), logits.device,
+                         lambda: torch.tensor(self.obj_ids, dtype=torch.uint8))
         out = torch.where(best > 0, ids[arg], torch.zeros_like(arg, dtype=torch.uint8))
         return out.cpu().numpy()
 
