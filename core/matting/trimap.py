@@ -97,7 +97,7 @@ def overlap(a_tree, b_tree, a_pts: np.ndarray) -> float:
 
 TURN_SPREAD = 1.5   # a pixel turns over only this near the other side's samples (times their own spacing)
 SPECK_AREA = 6      # a group of fewer pixels turned to background deep inside the mask is kept foreground
-SPECK_DEPTH = 4.0   # "deep": more than this many band widths inside the mask edge, on average
+SPECK_DEPTH = 6.0   # "deep": more than this many band widths inside the mask edge, on average
 
 
 def _without_deep_specks(candidates: np.ndarray, turned: np.ndarray, inside: np.ndarray, deep: float) -> np.ndarray:
@@ -129,12 +129,12 @@ def colour_trimap(rgb: np.ndarray, mask: np.ndarray, band_px: int, ratio: float 
     is nearer the background model than the core's (by `ratio`: mean distance to the 5 nearest
     samples), and background outright when it is much nearer (by `sure`) and as close to the
     background model as background pixels are to each other: the gaps between strands that a mask
-    swallowed (except specks deep inside, see `_without_deep_specks`). Likewise, a pixel of that outer ring marked background becomes unknown, or
-    foreground, when its colour is the core's: strands or smoke the mask missed. Two pixels around
-    every turned-over pixel become unknown, so no hard edge is made. Where the models overlap (by
-    more than `overlap_limit`, see `overlap`: a foreground coloured like its background), colour
-    cannot tell them apart and the band trimap is returned unchanged. Sampling is seeded, so a
-    frame always gets the same trimap."""
+    swallowed (except specks deep inside, see `_without_deep_specks`). Likewise, a pixel of that
+    outer ring marked background becomes unknown, or foreground, when its colour is the core's:
+    strands or smoke the mask missed. Two pixels around every turned-over pixel become unknown, so
+    no hard edge is made. Where the models overlap (by more than `overlap_limit`, see `overlap`: a
+    foreground coloured like its background), colour cannot tell them apart and the band trimap is
+    returned unchanged. Sampling is seeded, so a frame always gets the same trimap."""
     import cv2
     from scipy.spatial import cKDTree
 

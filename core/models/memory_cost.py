@@ -3,8 +3,8 @@
 A job's SAM2 memory grows with the objects it follows and the frames of a chunk: every tracked frame
 keeps each object's memory features and low-resolution mask in the inference state until the chunk
 ends. `measure_cost` runs the job's own tracker on blank frames four times (one and two objects, two
-chunk lengths; after one run that is not measured) and solves need = fixed + per_object x objects + per_frame x frames +
-per_object_frame x objects x frames from the peaks the CUDA allocator reports. Two costs are added
+chunk lengths; after one run that is not measured) and solves need = fixed + per_object x objects +
+per_frame x frames + per_object_frame x objects x frames from the peaks the CUDA allocator reports. Two costs are added
 by arithmetic, not measured: the mask logits at the video's own resolution (float32, per object,
 twice: the logits and their threshold) and the frames the reader prepares ahead on the device.
 
@@ -117,7 +117,7 @@ def measure_cost(tracker, states_only: bool = False) -> MemoryCost | None:
             torch.cuda.synchronize(device)
             peaks[(objects, frames)] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         else:
-            peaks[(objects, frames)] = tensor_mb({k: v for k, v in state.items() if k != "images"})
+            peaks[(objects, frames)] = state_mb(state)
         del state
     tracker.seconds = seconds    # the measurement is no job's time
     a, b, c, d = solve(peaks)
@@ -147,11 +147,16 @@ def tensor_mb(value, seen: set[int] | None = None) -> float:
             return 0.0
         seen.add(key)
         return size / 2**20
-    if isinstance(value, dict):
-        return sum(tensor_mb(v, seen) for v in value.values())
+    if isinstance(value, dict):   # list() copies in one step: a chunk running on another thread may add entries
+        return sum(tensor_mb(v, seen) for v in list(value.values()))
     if isinstance(value, (list, tuple)):
-        return sum(tensor_mb(v, seen) for v in value)
+        return sum(tensor_mb(v, seen) for v in list(value))
     return 0.0
+
+
+def state_mb(state: dict, seen: set[int] | None = None) -> float:
+    """MiB a SAM2 inference state holds, its frames (read from the job's reader) left out."""
+    return tensor_mb({k: v for k, v in list(state.items()) if k != "images"}, seen)
 
 
 class LiveStates:
@@ -170,7 +175,7 @@ class LiveStates:
         for r in list(self._refs):
             state = r()
             if state is not None:
-                total += tensor_mb({k: v for k, v in state.items() if k != "images"}, seen)
+                total += state_mb(state, seen)
         return total
 
 
