@@ -31,10 +31,12 @@ def test_plan_chunks(n, size, overlap, expected):
 
 
 class FakeLogits:
-    def __init__(self, ids, frame):
+    def __init__(self, ids, frame, told=None):
         self.obj_ids, self.frame = ids, frame
+        self.told, self.asked = told, None   # the objects announced to propagate, those id_map was asked for
 
     def id_map(self, allowed=None):
+        self.asked = allowed
         row = np.array([[o if (allowed is None or o in allowed) else 0 for o in range(1, 5)]], np.uint8)
         return row
 
@@ -46,6 +48,7 @@ class FakeTracker:
     def __init__(self):
         self.calls: list[tuple] = []
         self.propagated = 0
+        self.logits: list[FakeLogits] = []
 
     def new_state(self, frames, h, w):
         return {"frames": frames, "obj_ids": [], "inputs": {}}
@@ -62,12 +65,15 @@ class FakeTracker:
     def add_mask(self, state, frame, obj_id, mask):
         self._add(state, frame, obj_id, "mask", int(mask.flat[0]) - 1)
 
-    def propagate(self, state, start, count, reverse):
+    def propagate(self, state, start, count, reverse, allowed_for=None):
         order = range(start, start - count - 1, -1) if reverse else range(start, start + count + 1)
         for local in order:
             self.propagated += 1
             frame = state["frames"]._frames[local]
-            yield local, list(state["obj_ids"]), FakeLogits(list(state["obj_ids"]), frame)
+            told = allowed_for(local) if allowed_for is not None else None
+            logits = FakeLogits(list(state["obj_ids"]), frame, told)
+            self.logits.append(logits)
+            yield local, list(state["obj_ids"]), logits
 
 
 def _run(tmp_path: Path, n: int, prompts: list[ObjectPrompt], size=5, overlap=1, anchors=True):
@@ -78,6 +84,9 @@ def _run(tmp_path: Path, n: int, prompts: list[ObjectPrompt], size=5, overlap=1,
                          tmp_path / "scratch", anchor_prompts=anchors)
     events = list(engine.run())
     reader.close()
+    # the engine announces each frame's objects before it asks for that frame's id map (so a GPU can
+    # start the map early), and asks for exactly those
+    assert all(lg.asked == lg.told for lg in fake.logits if lg.asked is not None or lg.told is not None)
     return fake, events
 
 

@@ -99,20 +99,25 @@ class TrackEngine:
             plan = self._plan(chunk, alive, handover, edge_frame=chunk.start, forward=True)
             handover = {}
 
+            def shown(frame: int, alive=alive, emit_from=emit_from) -> set[int] | None:
+                """The objects of this frame's id map (None: the frame is not emitted)."""
+                return None if frame < emit_from else {o for o in alive if self.first[o] <= frame}
+
             def keep(frame: int, logits) -> np.ndarray | None:
                 if frame == edge:
                     for o in alive:
                         if o in logits.obj_ids:
                             handover[o] = logits.mask(o)
-                if frame < emit_from:
+                objects = shown(frame)
+                if objects is None:
                     return None
-                id_map = logits.id_map({o for o in alive if self.first[o] <= frame})
+                id_map = logits.id_map(objects)
                 if frame < max_f:
                     id_map = self._merge_backward(frame, id_map)
                 return id_map
 
             yield from self._run_chunk(plan, start, chunk.end - 1, reverse=False, keep=keep, sweep="forward",
-                                       handover_out=handover)
+                                       handover_out=handover, shown=shown)
 
     def _backward(self, min_f: int, max_f: int) -> Iterator[object]:
         todo = [c for c in self.chunks if c.start < max_f]
@@ -133,13 +138,18 @@ class TrackEngine:
             plan = self._plan(chunk, needing, handover, edge_frame=chunk.end - 1, forward=False)
             handover = {}
 
+            def shown(frame: int, needing=needing, emit_below=emit_below) -> set[int] | None:
+                """The objects of this frame's id map (None: the frame is not emitted)."""
+                allowed = {o for o in needing if frame < self.first[o]}
+                return None if frame >= emit_below or not allowed else allowed
+
             def keep(frame: int, logits) -> np.ndarray | None:
                 if frame == edge:
                     for o in needing:
                         if o in logits.obj_ids:
                             handover[o] = logits.mask(o)
-                allowed = {o for o in needing if frame < self.first[o]}
-                if frame >= emit_below or not allowed:
+                allowed = shown(frame)
+                if allowed is None:
                     return None
                 id_map = logits.id_map(allowed)
                 if frame >= min_f:  # forward sweep adds the objects it owns here
@@ -148,7 +158,7 @@ class TrackEngine:
                 return id_map
 
             yield from self._run_chunk(plan, start, chunk.start, reverse=True, keep=keep, sweep="backward",
-                                       handover_out=handover)
+                                       handover_out=handover, shown=shown)
             later = chunk
 
     # ------------------------------------------------------------------ one chunk
@@ -179,7 +189,8 @@ class TrackEngine:
 
     def _run_chunk(self, plan: _Plan, start: int, stop: int, *, reverse: bool,
                    keep: Callable[[int, object], np.ndarray | None], sweep: str,
-                   handover_out: dict[int, np.ndarray]) -> Iterator[object]:
+                   handover_out: dict[int, np.ndarray],
+                   shown: Callable[[int], set[int] | None] | None = None) -> Iterator[object]:
         chunk = plan.chunk
         began = time.perf_counter()
         yield ChunkStarted(chunk.index, chunk.start, chunk.end, sweep)
@@ -196,7 +207,8 @@ class TrackEngine:
             return
         emitted = 0
         first, last = plan.local(start), plan.local(stop)
-        for local, _ids, logits in self.tracker.propagate(state, first, abs(last - first), reverse):
+        allowed_for = None if shown is None else (lambda local: shown(plan.frames[local]))
+        for local, _ids, logits in self.tracker.propagate(state, first, abs(last - first), reverse, allowed_for):
             if self.should_stop():
                 raise Cancelled("cancelled")
             frame = plan.frames[local]

@@ -15,7 +15,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -284,18 +284,38 @@ class Sam2Tracker:
         with self.running():
             self.predictor.add_new_mask(state, frame_idx=frame, obj_id=obj_id, mask=torch.from_numpy(mask))
 
-    def propagate(self, state: dict, start: int, count: int, reverse: bool) -> Iterator[tuple[int, list[int], "FrameLogits"]]:
-        """Yield (local frame, object ids, logits) per frame, `count` frames after `start`."""
+    def propagate(self, state: dict, start: int, count: int, reverse: bool,
+                  allowed_for: Callable[[int], set[int] | None] | None = None,
+                  ) -> Iterator[tuple[int, list[int], "FrameLogits"]]:
+        """Yield (local frame, object ids, logits) per frame, `count` frames after `start`.
+
+        With `allowed_for(local frame)` (the objects whose id map the caller will ask for; None: none)
+        each frame's id map is started as soon as SAM2 returns the frame, and the frame is handed out
+        only after SAM2 has queued the next one: on a GPU the wait for one frame's map then overlaps
+        the next frame's work instead of emptying the queue every frame. The results are the same."""
         gen = self.predictor.propagate_in_video(
             state, start_frame_idx=start, max_frame_num_to_track=count, reverse=reverse
         )
+        held = None
         while True:
             with self.running():
                 try:
                     frame, obj_ids, logits = next(gen)
                 except StopIteration:
-                    return
-            yield frame, list(obj_ids), FrameLogits(list(obj_ids), logits[:, 0])
+                    break
+                current = (frame, list(obj_ids), FrameLogits(list(obj_ids), logits[:, 0]))
+                if allowed_for is not None:
+                    allowed = allowed_for(frame)
+                    if allowed is not None:
+                        current[2].start_id_map(allowed)
+            if allowed_for is None:
+                yield current
+                continue
+            if held is not None:
+                yield held
+            held = current
+        if held is not None:
+            yield held
 
 
 class _State(dict):
@@ -330,25 +350,47 @@ class FrameLogits:
     def __init__(self, obj_ids: list[int], logits):
         self.obj_ids = obj_ids
         self.logits = logits
+        self._started: tuple | None = None   # (allowed, map on the host or being copied there, CUDA event)
 
     def id_map(self, allowed: set[int] | None = None) -> np.ndarray:
-        """HxW uint8 object ids; overlaps go to the highest logit; only `allowed` ids take part. The
-        small per-object tensors are made once per set of objects and device (no host-to-device copy
-        per frame); the one copy back is the finished map."""
+        """HxW uint8 object ids; overlaps go to the highest logit; only `allowed` ids take part."""
+        key = None if allowed is None else frozenset(allowed)
+        if self._started is None or self._started[0] != key:
+            self.start_id_map(allowed)
+        _, host, event = self._started
+        if event is not None:
+            event.synchronize()
+            return host.numpy()
+        return host
+
+    def start_id_map(self, allowed: set[int] | None) -> None:
+        """Begin the id map for `allowed`: on CUDA its kernels and an asynchronous copy into page-locked
+        memory with an event after it, so that waiting for the map later waits for nothing queued after
+        it. The small per-object tensors are made once per set of objects and device."""
         import torch
 
+        key = None if allowed is None else frozenset(allowed)
         logits = self.logits.float()
         if allowed is not None:
-            keep = _on_device(("keep", tuple(self.obj_ids), frozenset(allowed)), logits.device,
-                              lambda: torch.tensor([o in allowed for o in self.obj_ids]))
             if not any(o in allowed for o in self.obj_ids):
-                return np.zeros(logits.shape[-2:], dtype=np.uint8)
+                self._started = (key, np.zeros(logits.shape[-2:], dtype=np.uint8), None)
+                return
+            keep = _on_device(("keep", tuple(self.obj_ids), key), logits.device,
+                              lambda: torch.tensor([o in allowed for o in self.obj_ids]))
             logits = torch.where(keep[:, None, None], logits, torch.full_like(logits, -1e4))
         best, arg = logits.max(dim=0)
         ids = _on_device(("ids", tuple(self.obj_ids)), logits.device,
                          lambda: torch.tensor(self.obj_ids, dtype=torch.uint8))
         out = torch.where(best > 0, ids[arg], torch.zeros_like(arg, dtype=torch.uint8))
-        return out.cpu().numpy()
+        if out.device.type != "cuda":
+            self._started = (key, out.numpy(), None)
+            return
+        with torch.cuda.device(out.device):
+            host = torch.empty(out.shape, dtype=torch.uint8, pin_memory=True)
+            host.copy_(out, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        self._started = (key, host, event)
 
     def mask(self, obj_id: int) -> np.ndarray:
         """Bool HxW mask (logit > 0) of one object."""
