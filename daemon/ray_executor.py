@@ -425,6 +425,7 @@ class RayWorker(Worker):
         self.actor = None
         self.info: dict | None = None
         self._hello = None
+        self._stale_stop = None   # the stop sent to a newly found actor, until it has been carried out
         self._asked_at = 0.0
         self._waited_warned = False
         self._refused_at = float("-inf")
@@ -448,8 +449,18 @@ class RayWorker(Worker):
         if self.actor is None:
             self.actor = self.pool.actor(self.plan)
             # an actor found again after a daemon crash may still run that daemon's job: stop it (its job is
-            # requeued here and resumes from its checkpoint once the actor is free)
-            self.actor.stop.remote(None)
+            # requeued here and resumes from its checkpoint once the actor is free). No job is sent before
+            # that stop has been carried out: the actor's calls run on several threads in no fixed order,
+            # and a stop landing after this daemon's first job started would cancel that job.
+            self._stale_stop = self.actor.stop.remote(None)
+            if not self._asked_at:
+                self._asked_at, self._waited_warned = time.monotonic(), False
+        if self._stale_stop is not None:
+            done, _ = ray.wait([self._stale_stop], timeout=0)
+            if not done:
+                self._warn_if_slow()
+                return False
+            self._stale_stop = None   # done or failed (a lost actor): hello below finds out which
         if self._hello is None:
             self._hello = self.pool.hello(self.actor)
             if not self._asked_at:
