@@ -38,9 +38,9 @@ from core.prompts import PROMPTS_FILE, Prompts, mask_names, parse_prompts, read_
 log = logging.getLogger(__name__)
 
 # the pipeline is the one door to a job: callers (the CLI, the daemon) take the events it yields from here
-__all__ = ["AlphaResult", "ChunkFinished", "ChunkStarted", "DeviceMemory", "EngineWarning", "FrameResult", "JobFinished",
-           "JobStarted", "ModelPool", "OffloadTask", "Phase", "PreparedJob", "PromptUsed", "prepare_job", "run_job",
-           "run_offloaded"]
+__all__ = ["AlphaResult", "ChunkFinished", "ChunkStarted", "DeviceMemory", "EngineWarning", "FrameResult",
+           "JobFinished", "JobStarted", "ModelPool", "OffloadTask", "Phase", "PreparedJob", "PromptUsed", "prepare_job",
+           "run_job", "run_offloaded"]
 
 JOB_TOML = "job.toml"
 FRAME_TIMES = "frames.jsonl"
