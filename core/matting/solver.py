@@ -184,20 +184,23 @@ class AlphaSolver:
         """Alpha (float32 H x W) from a binary mask: trimap with a ``band_px`` unknown band, then
         :meth:`solve`. When the solved edge lies on average more than RECENTRE_SHARE * band_px
         (and RECENTRE_MIN_PX) away from the mask's edge (a dilated, eroded or low-resolution
-        mask), the band is moved onto the solved edge (alpha > 0.5) and solved once more."""
+        mask), the band is moved onto the solved edge (alpha > 0.5) and solved once more; with
+        ``trimap = "colour"`` that second solve is on the colour trimap around the band's centre
+        (:func:`colour_trimap`), and a frame whose mask needed neither is solved once."""
         mask = np.asarray(mask) > 0
         trimap = trimap_from_mask(mask, band_px)
         alpha = self.solve(rgb, trimap)
-        centre = mask
-        if band_px > 0 and edge_shift(mask, alpha) > max(RECENTRE_MIN_PX, RECENTRE_SHARE * band_px):
-            centre = alpha > 0.5
-            trimap = trimap_from_mask(centre, band_px)
-            alpha = self.solve(rgb, trimap)
+        moved = band_px > 0 and edge_shift(mask, alpha) > max(RECENTRE_MIN_PX, RECENTRE_SHARE * band_px)
+        centre = alpha > 0.5 if moved else mask
+        # The next trimap depends only on where the band is centred, never on the alpha solved
+        # around it, so it is made first and solved once (a recentred band solve would be thrown
+        # away whenever the colour trimap differs from it).
+        nxt = trimap_from_mask(centre, band_px) if moved else trimap
         if self.trimap == "colour" and band_px > 0:
-            widened = colour_trimap(rgb, centre, band_px)
-            if not np.array_equal(widened, trimap):
-                trimap = widened
-                alpha = self.solve(rgb, trimap)
+            nxt = colour_trimap(rgb, centre, band_px)
+        if not np.array_equal(nxt, trimap):
+            trimap = nxt
+            alpha = self.solve(rgb, trimap)
         for _ in range(self.grow if band_px > 0 else 0):
             grown = grow_band(trimap, alpha, band_px, self.grow_threshold)
             if grown is None:
