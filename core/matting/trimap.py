@@ -120,8 +120,8 @@ def _without_deep_specks(candidates: np.ndarray, turned: np.ndarray, inside: np.
 
 def colour_trimap(rgb: np.ndarray, mask: np.ndarray, band_px: int, ratio: float = 0.7, sure: float = 0.2,
                   overlap_limit: float = 0.2, reach: int = 4, samples: int = 3000) -> np.ndarray:
-    """The band trimap, opened up (and where it is clear, turned over) where the colours say the
-    mask is wrong.
+    """The band trimap, opened up (and inside the mask, where it is clear, turned over) where the
+    colours say the mask is wrong.
 
     Two colour models are sampled from the frame: the object's core (mask pixels at least half the
     mask's greatest depth inside) and the background just outside the band (up to `reach` band
@@ -129,12 +129,15 @@ def colour_trimap(rgb: np.ndarray, mask: np.ndarray, band_px: int, ratio: float 
     is nearer the background model than the core's (by `ratio`: mean distance to the 5 nearest
     samples), and background outright when it is much nearer (by `sure`) and as close to the
     background model as background pixels are to each other: the gaps between strands that a mask
-    swallowed (except specks deep inside, see `_without_deep_specks`). Likewise, a pixel of that
-    outer ring marked background becomes unknown, or foreground, when its colour is the core's:
-    strands or smoke the mask missed. Two pixels around every turned-over pixel become unknown, so
-    no hard edge is made. Where the models overlap (by more than `overlap_limit`, see `overlap`: a
-    foreground coloured like its background), colour cannot tell them apart and the band trimap is
-    returned unchanged. Sampling is seeded, so a frame always gets the same trimap."""
+    swallowed (except specks deep inside, see `_without_deep_specks`); two pixels around every
+    turned-over pixel become unknown, so no hard edge is made. Likewise, a pixel of that outer
+    ring marked background becomes unknown when its colour is nearer the core's (strands or smoke
+    the mask missed), but never foreground outright: on real footage (the lemur video, every mask
+    kind) background pixels coloured like the object's core are common, and turning them over cost
+    far more than the missed strands it found (see README, Matting). Where the models overlap (by
+    more than `overlap_limit`, see `overlap`: a foreground coloured like its background), colour
+    cannot tell them apart and the band trimap is returned unchanged. Sampling is seeded, so a
+    frame always gets the same trimap."""
     import cv2
     from scipy.spatial import cKDTree
 
@@ -169,19 +172,15 @@ def colour_trimap(rgb: np.ndarray, mask: np.ndarray, band_px: int, ratio: float 
         return max(1.0, float(np.median(tree.query(pts[:1000], k=6)[0][:, 1:].mean(axis=1))))
 
     unsure = np.where(in_mask, to_bg < ratio * to_fg, to_fg < ratio * to_bg)
-    turned = np.where(in_mask, (to_bg < sure * to_fg) & (to_bg <= TURN_SPREAD * spread(bg_tree, ring_pts)),
-                      (to_fg < sure * to_bg) & (to_fg <= TURN_SPREAD * spread(fg_tree, core_pts)))
+    turned = in_mask & (to_bg < sure * to_fg) & (to_bg <= TURN_SPREAD * spread(bg_tree, ring_pts))
     turned = _without_deep_specks(candidates, turned, inside, SPECK_DEPTH * band_px)
     flat = trimap[candidates]
     flat[unsure] = UNKNOWN
-    flat[turned & in_mask] = BACKGROUND
-    flat[turned & ~in_mask] = FOREGROUND
+    flat[turned] = BACKGROUND
     out = trimap.copy()
     out[candidates] = flat
-    around = np.ones((5, 5), np.uint8)
-    for side, other in ((BACKGROUND, FOREGROUND), (FOREGROUND, BACKGROUND)):
-        now = np.zeros(out.shape, np.uint8)
-        now[candidates] = turned & (flat == side)
-        if now.any():
-            out[(cv2.dilate(now, around) > 0) & (out == other)] = UNKNOWN
+    now = np.zeros(out.shape, np.uint8)
+    now[candidates] = turned
+    if now.any():
+        out[(cv2.dilate(now, np.ones((5, 5), np.uint8)) > 0) & (out == FOREGROUND)] = UNKNOWN
     return out
