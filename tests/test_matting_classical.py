@@ -315,7 +315,7 @@ def _coarse(alpha: np.ndarray, kind: str) -> np.ndarray:
 
 def _default_sad(rgb: np.ndarray, alpha: np.ndarray, mask: np.ndarray) -> float:
     cfg = MattingConfig()
-    solver = AlphaSolver(cfg.solver, cfg.solve_max_side, cfg.sample_weight)
+    solver = AlphaSolver(cfg.solver, cfg.solve_max_side, cfg.sample_weight, cfg.grow, trimap=cfg.trimap)
     return metrics.sad(solver.matte(rgb, mask, band_pixels(cfg.band, *mask.shape)), alpha)
 
 
