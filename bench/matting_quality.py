@@ -18,10 +18,13 @@ ratio SAD / SAD(baseline). Goal: classical <= 0.5x the baseline's SAD.
 smoke, motion blur, a hard edge, thin objects, camouflage, a fast mover, swaying hair, the real
 lemur over another background; each with its own kind of coarse mask) for several candidate
 settings, and ends with one summary row per candidate: the geometric mean over the suite of
-SAD(matte) / SAD(mask as alpha), the worst clip's ratio and frames/s.
+SAD(matte) / SAD(mask as alpha), the worst clip's ratio and frames/s. --cross (with --suite) gives
+each clip's first frame every kind of coarse mask in turn, on the edge, dilated, eroded, blocky and
+segmenter-like, and counts the pairs where the matte lost to the mask.
 
     .venv/bin/python bench/matting_quality.py --suite
     .venv/bin/python bench/matting_quality.py --suite --candidates default,lkm --clips hair,veil
+    .venv/bin/python bench/matting_quality.py --suite --cross --candidates default,wide-on-edge
 """
 
 from __future__ import annotations
@@ -50,12 +53,13 @@ SUITE_GOAL, SUITE_WORST = 0.4, 0.7
 # name -> (settings over MattingConfig's defaults, what it is); "default" is the shipped config
 CANDIDATES = {
     "default": ({}, "the shipped matting.* defaults"),
-    "previous": ({"trimap": "band", "temporal": 0.0}, "the default before the suite: cf with samples, band 0.02, no carry"),
-    "cf": ({"trimap": "band", "sample_weight": 0.0, "temporal": 0.0}, "plain closed form, band 0.02"),
-    "lkm": ({"trimap": "band", "solver": "lkm", "temporal": 0.0}, "large kernel matting, band 0.02"),
-    "knn": ({"trimap": "band", "solver": "knn", "temporal": 0.0}, "KNN matting, band 0.02"),
-    "band-grow": ({"trimap": "band", "grow": 2, "temporal": 0.0}, "cf with samples, band widened twice where alpha runs on"),
+    "previous": ({"trimap": "band", "temporal": 0.0, "on_edge": 0.0}, "the default before the suite: cf with samples, band 0.02, no carry"),
+    "cf": ({"trimap": "band", "sample_weight": 0.0, "temporal": 0.0, "on_edge": 0.0}, "plain closed form, band 0.02"),
+    "lkm": ({"trimap": "band", "solver": "lkm", "temporal": 0.0, "on_edge": 0.0}, "large kernel matting, band 0.02"),
+    "knn": ({"trimap": "band", "solver": "knn", "temporal": 0.0, "on_edge": 0.0}, "KNN matting, band 0.02"),
+    "band-grow": ({"trimap": "band", "grow": 2, "temporal": 0.0, "on_edge": 0.0}, "cf with samples, band widened twice where alpha runs on"),
     "colour-nocarry": ({"temporal": 0.0}, "the default without the temporal carry"),
+    "wide-on-edge": ({"on_edge": 0.0}, "the default without narrowing the band for a mask on the edge"),
 }
 
 
@@ -153,9 +157,9 @@ def run_suite(names: list[str], clips: list[str] | None) -> None:
     for name in names:
         changes, what = CANDIDATES[name]
         m = dataclasses.replace(MattingConfig(), **changes)
-        solver = AlphaSolver(m.solver, m.solve_max_side, m.sample_weight, m.grow, trimap=m.trimap)
+        solver = AlphaSolver.from_config(m)
         print(f"\n{name}: {what} (solver {m.solver}, trimap {m.trimap}, band {m.band:g}, sample_weight "
-              f"{m.sample_weight:g}, grow {m.grow}, temporal {m.temporal:g})")
+              f"{m.sample_weight:g}, grow {m.grow}, on_edge {m.on_edge:g}, temporal {m.temporal:g})")
         print(f"{'':14} {'SAD':>8} {'base SAD':>9} {'MSE e-3':>8} {'Grad':>8} {'Conn':>8} {'dtSSD':>7} {'base dt':>8} "
               f"{'frames/s':>9} {'SAD/base':>9}")
         ratios, frames, seconds = [], 0, 0.0
@@ -179,6 +183,45 @@ def run_suite(names: list[str], clips: list[str] | None) -> None:
     for name, geo, worst, clip, fps in summary:
         print(f"{name:16} {geo:18.3f} {worst:8.2f} ({clip:>11}) {fps:9.2f}")
     print(f"goal: geometric mean <= {SUITE_GOAL}, no clip over {SUITE_WORST}")
+
+
+def run_cross(names: list[str], clips: list[str] | None) -> None:
+    """Each suite clip's first frame under every kind of coarse mask (bench/matting_suite.py
+    MASK_KINDS), not only the kind the suite pairs it with: SAD(matte) / SAD(mask as alpha) per
+    clip and kind, then per candidate the geometric mean of each kind and over all, and how many
+    pairs the matte lost to the mask."""
+    import dataclasses
+
+    from bench import matting_suite
+
+    suite = matting_suite.build(clips)
+    kinds = matting_suite.MASK_KINDS
+    importlib.import_module("pymatting")
+    short = [k.replace("dilated ", "dil").replace("eroded ", "ero").replace("blocky ", "blk").replace("segmenter", "seg")
+             .replace(" ", "") for k in kinds]
+    summary = []
+    for name in names:
+        changes, what = CANDIDATES[name]
+        solver = AlphaSolver.from_config(m := dataclasses.replace(MattingConfig(), **changes))
+        print(f"\n{name}: {what}")
+        print(f"{'':14}" + "".join(f"{k:>8}" for k in short))
+        table = []
+        for clip in suite:
+            rgb, alpha = clip.images[0], clip.alphas[0]
+            row = []
+            for make in kinds.values():
+                mask = make(alpha, np.random.default_rng(5))
+                matte = solver.matte(rgb, mask, band_pixels(m.band, *mask.shape))
+                row.append(metrics.sad(matte, alpha) / max(metrics.sad(mask.astype(np.float64), alpha), 1e-9))
+            table.append(row)
+            print(f"{clip.name:14}" + "".join(f"{r:8.2f}" for r in row))
+        t = np.array(table)
+        per_kind = np.exp(np.log(t).mean(axis=0))
+        print(f"{'geo-mean':14}" + "".join(f"{g:8.3f}" for g in per_kind))
+        summary.append((name, float(np.exp(np.log(t).mean())), int((t > 1.0).sum()), t.size, float(t.max())))
+    print(f"\n{'candidate':16} {'geo-mean SAD/base':>18} {'lost to the mask':>17} {'worst':>7}")
+    for name, geo, lost, n, worst in summary:
+        print(f"{name:16} {geo:18.3f} {f'{lost} of {n}':>17} {worst:7.2f}")
 
 
 def classical(solver: AlphaSolver, band: float, temporal: float):
@@ -211,6 +254,8 @@ def main() -> None:
     ap.add_argument("--sample-weight", type=float, default=defaults.sample_weight,
                     help=f"matting.sample_weight (default {defaults.sample_weight}; 0 = plain closed form)")
     ap.add_argument("--trimap", default=defaults.trimap, help=f"matting.trimap (default {defaults.trimap})")
+    ap.add_argument("--on-edge", type=float, default=defaults.on_edge,
+                    help=f"matting.on_edge (default {defaults.on_edge}; 0 = the band never narrows)")
     ap.add_argument("--temporal", type=float, default=defaults.temporal,
                     help=f"matting.temporal (default {defaults.temporal})")
     ap.add_argument("--frames", type=int, default=24, help="video frames to use (at most 24)")
@@ -219,23 +264,27 @@ def main() -> None:
     ap.add_argument("--suite", action="store_true", help="run the variety suite (bench/matting_suite.py) instead")
     ap.add_argument("--candidates", default=",".join(CANDIDATES), help=f"with --suite: some of {', '.join(CANDIDATES)}")
     ap.add_argument("--clips", default="", help="with --suite: only these clips (comma-separated)")
+    ap.add_argument("--cross", action="store_true", help="with --suite: every clip's first frame under every kind of "
+                    "coarse mask (on the edge, dilated, eroded, blocky, segmenter-like), not only its own")
     args = ap.parse_args()
+    if args.cross and not args.suite:
+        sys.exit("--cross goes with --suite")
     if args.suite:
         names = [n for n in args.candidates.split(",") if n]
         unknown = [n for n in names if n not in CANDIDATES]
         if unknown:
             sys.exit(f"unknown candidates {unknown}; choose from {', '.join(CANDIDATES)}")
-        run_suite(names, [c for c in args.clips.split(",") if c] or None)
+        (run_cross if args.cross else run_suite)(names, [c for c in args.clips.split(",") if c] or None)
         return
 
-    solver = AlphaSolver(args.solver, args.max_side, args.sample_weight, trimap=args.trimap)
+    solver = AlphaSolver(args.solver, args.max_side, args.sample_weight, trimap=args.trimap, on_edge=args.on_edge)
     start = time.perf_counter()
     importlib.import_module("pymatting")  # numba kernels load from cache (or compile) once: kept out of frames/s
     print(f"import pymatting: {time.perf_counter() - start:.1f} s (one-off; about 40 s when numba's cache is cold)")
     methods = {
         "baseline (mask as alpha)": lambda rgb, mask, prev: mask.astype(np.float64),
         f"classical ({args.solver}{f' w{args.sample_weight:g}' if args.solver == 'cf' else ''}, band {args.band:g}, "
-        f"{args.trimap})": classical(solver, args.band, args.temporal),
+        f"{args.trimap}, on_edge {args.on_edge:g})": classical(solver, args.band, args.temporal),
     }
     refiner = load_refiner_hook(args.refiner, args.device)
     if refiner is not None:

@@ -345,6 +345,20 @@ CLIPS: dict[str, Callable[[np.random.Generator], SuiteClip]] = {
 }
 
 
+# every kind of coarse mask, for bench/matting_quality.py --cross: each clip's alpha under each
+MASK_KINDS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
+    "on-edge": lambda a, rng: a > 0.5,                        # thresholded exactly: a segmenter on a good day
+    "dilated 3": lambda a, rng: mask_dilated(a, 3),
+    "dilated 6": lambda a, rng: mask_dilated(a, 6),
+    "eroded 3": lambda a, rng: mask_eroded(a, 3),
+    "eroded 5": lambda a, rng: mask_eroded(a, 5),
+    "blocky 6": lambda a, rng: mask_blocky(a, 6),
+    "blocky 10": lambda a, rng: mask_blocky(a, 10),
+    "segmenter": lambda a, rng: mask_segmenter(a, rng),
+    "segmenter 4": lambda a, rng: mask_segmenter(a, rng, 4.0),
+}
+
+
 def build(names: list[str] | None = None, seed: int = 17) -> list[SuiteClip]:
     """The suite's clips (all, or those named), each from its own seeded generator."""
     out = []

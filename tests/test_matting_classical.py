@@ -256,6 +256,35 @@ def test_matte_moves_the_band_onto_the_edge_of_a_dilated_mask():
     assert metrics.sad(matted, alpha) < 0.5 * metrics.sad(mask.astype(float), alpha)
 
 
+def _hard_edged(rng):
+    """A solid shape with a 2-px bar, anti-aliased (drawn at 4x), over a textured background."""
+    big = np.zeros((480, 640), np.uint8)
+    cv2.circle(big, (260, 240), 120, 255, -1)
+    cv2.line(big, (380, 240), (600, 120), 255, 8)
+    alpha = cv2.resize(big.astype(np.float32) / 255, (160, 120), interpolation=cv2.INTER_AREA).astype(np.float64)
+    bg = cv2.GaussianBlur(rng.uniform(0, 255, (120, 160, 3)), (0, 0), 1.5)
+    fg = np.full((120, 160, 3), (200.0, 60.0, 50.0)) + rng.normal(0, 4, (120, 160, 3))
+    rgb = np.clip(np.rint(alpha[..., None] * fg + (1 - alpha[..., None]) * bg), 0, 255).astype(np.uint8)
+    return rgb, alpha
+
+
+def test_a_mask_on_the_edge_gets_a_narrow_band():
+    """A mask thresholded on the true edge (what a good segmenter gives): the first solve stays close
+    to it, so the band narrows (matting.on_edge) and the matte beats the mask; with the band kept
+    as wide as for a coarse mask, the solver smears the bar and the edge and loses to the mask."""
+    rgb, alpha = _hard_edged(np.random.default_rng(7))
+    mask = alpha > 0.5
+    base = metrics.sad(mask.astype(float), alpha)
+    narrow = metrics.sad(AlphaSolver("cf", on_edge=1.0).matte(rgb, mask, 5), alpha)
+    wide = metrics.sad(AlphaSolver("cf", on_edge=0.0).matte(rgb, mask, 5), alpha)
+    assert narrow < base < wide
+    dilated = cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0   # off the edge: untouched
+    assert np.array_equal(AlphaSolver("cf", on_edge=1.0).matte(rgb, dilated, 5),
+                          AlphaSolver("cf", on_edge=0.0).matte(rgb, dilated, 5))
+    with pytest.raises(ValueError, match="on_edge"):
+        AlphaSolver("cf", on_edge=-1)
+
+
 def test_downscaled_solve_keeps_known_pixels_exact():
     rgb, alpha, _ = _composite(144, 192)
     tri = trimap_from_mask(alpha > 0.5, 6)
@@ -315,7 +344,7 @@ def _coarse(alpha: np.ndarray, kind: str) -> np.ndarray:
 
 def _default_sad(rgb: np.ndarray, alpha: np.ndarray, mask: np.ndarray) -> float:
     cfg = MattingConfig()
-    solver = AlphaSolver(cfg.solver, cfg.solve_max_side, cfg.sample_weight, cfg.grow, trimap=cfg.trimap)
+    solver = AlphaSolver.from_config(cfg)
     return metrics.sad(solver.matte(rgb, mask, band_pixels(cfg.band, *mask.shape)), alpha)
 
 

@@ -73,7 +73,7 @@ def test_the_default_beats_the_mask_as_alpha_on_every_clip(suite, name):
 
     clip = next(c for c in suite if c.name == name)
     m = MattingConfig()
-    solver = AlphaSolver(m.solver, m.solve_max_side, m.sample_weight, m.grow, trimap=m.trimap)
+    solver = AlphaSolver.from_config(m)
     carry = TemporalCarry(m.temporal) if m.temporal > 0 else None
     matte = base = 0.0
     for i, (image, alpha, mask) in enumerate(zip(clip.images, clip.alphas, clip.masks)):
@@ -83,6 +83,22 @@ def test_the_default_beats_the_mask_as_alpha_on_every_clip(suite, name):
         matte += metrics.sad(a, alpha)
         base += metrics.sad(mask.astype(np.float64), alpha)
     assert matte < base, f"{clip.name}: SAD {matte:.3f} vs mask as alpha {base:.3f}"
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["hair", "hard-edge", "thin", "camouflage", "swaying-hair"])
+def test_the_default_beats_a_mask_already_on_the_edge(suite, name):
+    """A mask thresholded exactly at alpha 0.5 (a segmenter on a good day): the band narrows
+    (matting.on_edge) and the matte still beats it; with the band of a coarse mask it lost by
+    1.8-3.2x on these clips (bench/matting_quality.py --suite --cross)."""
+    from core.config import MattingConfig
+
+    clip = next(c for c in suite if c.name == name)
+    image, alpha = clip.images[0], clip.alphas[0]
+    mask = alpha > 0.5
+    m = MattingConfig()
+    matte = AlphaSolver.from_config(m).matte(image, mask, band_pixels(m.band, *mask.shape))
+    assert metrics.sad(matte, alpha) < metrics.sad(mask.astype(np.float64), alpha)
 
 
 def test_the_suite_names_every_clip():

@@ -77,12 +77,12 @@ class ClassicalMatter:
     sequential = False  # frames are independent: several may be matted at once
 
     def __init__(self, band: float, solver: str, max_side: int, foreground: bool, sample_weight: float = 0.0,
-                 grow: int = 0, temporal: float = 0.0, trimap: str = "band"):
+                 grow: int = 0, temporal: float = 0.0, trimap: str = "band", on_edge: float = 0.0):
         from core.matting.solver import AlphaSolver
         from core.matting.temporal import TemporalCarry
 
         self.band, self.method, self.foreground = band, solver, foreground
-        self.solver = AlphaSolver(solver, max_side, sample_weight, grow, trimap=trimap)
+        self.solver = AlphaSolver(solver, max_side, sample_weight, grow, trimap=trimap, on_edge=on_edge)
         self.carry = TemporalCarry(temporal) if temporal > 0 else None   # applied in frame order by the engine
         self.seconds = 0.0
 
@@ -99,7 +99,7 @@ class ClassicalMatter:
     def describe(self) -> dict:
         return {"method": "classical", "solver": self.method, "band": self.band,
                 "solve_max_side": self.solver.max_side, "sample_weight": self.solver.sample_weight,
-                "trimap": self.solver.trimap, "grow": self.solver.grow, "temporal": self.carry.weight if self.carry else 0.0,
+                "trimap": self.solver.trimap, "grow": self.solver.grow, "on_edge": self.solver.on_edge, "temporal": self.carry.weight if self.carry else 0.0,
                 "seconds": round(self.seconds, 3)}
 
 

@@ -283,7 +283,7 @@ class MattingMode(ModeSpec):
             matter = RefinerMatter(x.models.matting_refiner(cfg, x.model), m.foreground, m.solve_max_side)
         else:
             matter = ClassicalMatter(m.band, m.solver, m.solve_max_side, m.foreground, m.sample_weight, m.grow,
-                                     m.temporal, m.trimap)
+                                     m.temporal, m.trimap, m.on_edge)
         return MattingEngine(inner, x.folder, matter, should_stop=x.should_stop)
 
 

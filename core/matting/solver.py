@@ -24,6 +24,7 @@ CF_EPSILON = 1e-6  # closed-form Laplacian regulariser; pymatting's 1e-7 was sli
 # of the band (a dilated, eroded or blocky mask); a mask on the true edge is solved once.
 RECENTRE_SHARE = 0.25
 RECENTRE_MIN_PX = 2.5  # a mask thresholded from a soft edge is off by ~1.3-1.8 px on average: no second solve
+NARROW_SHARE = 0.2     # the band of a mask found on the edge (see matting.on_edge): this share of the band, >= 1 px
 
 
 def alpha_to_u8(alpha: np.ndarray) -> np.ndarray:
@@ -113,7 +114,7 @@ class AlphaSolver:
     shared matting's sampled alpha as a data term to the cf solver; 0 gives plain closed form."""
 
     def __init__(self, method: str = "cf", max_side: int = 1024, sample_weight: float = 0.01, grow: int = 0,
-                 grow_threshold: float = 0.1, trimap: str = "band"):
+                 grow_threshold: float = 0.1, trimap: str = "band", on_edge: float = 0.0):
         if method not in METHODS:
             raise ValueError(f"unknown matting.solver {method!r}; choose one of {', '.join(METHODS)}")
         if max_side < 16:
@@ -127,6 +128,14 @@ class AlphaSolver:
         if trimap not in TRIMAPS:
             raise ValueError(f"unknown matting.trimap {trimap!r}; choose one of {', '.join(TRIMAPS)}")
         self.trimap = trimap
+        if on_edge < 0:
+            raise ValueError(f"matting.on_edge must be >= 0, got {on_edge}")
+        self.on_edge = float(on_edge)
+
+    @classmethod
+    def from_config(cls, m) -> "AlphaSolver":
+        """The solver a `matting` config (core.config.MattingConfig) asks for."""
+        return cls(m.solver, m.solve_max_side, m.sample_weight, m.grow, trimap=m.trimap, on_edge=m.on_edge)
 
     def solve(self, rgb: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         """Alpha (float32 H x W in [0, 1]) of an RGB uint8 image under a 0/128/255 trimap."""
@@ -184,21 +193,29 @@ class AlphaSolver:
         """Alpha (float32 H x W) from a binary mask: trimap with a ``band_px`` unknown band, then
         :meth:`solve`. When the solved edge lies on average more than RECENTRE_SHARE * band_px
         (and RECENTRE_MIN_PX) away from the mask's edge (a dilated, eroded or low-resolution
-        mask), the band is moved onto the solved edge (alpha > 0.5) and solved once more; with
-        ``trimap = "colour"`` that second solve is on the colour trimap around the band's centre
-        (:func:`colour_trimap`), and a frame whose mask needed neither is solved once."""
+        mask), the band is moved onto the solved edge (alpha > 0.5) and solved once more. When it
+        lies within ``on_edge`` pixels of the mask's edge (``matting.on_edge``: the mask is on the
+        true edge, as a good segmenter's is), the band narrows to NARROW_SHARE of its width and
+        the mask is solved once more in it. With ``trimap = "colour"`` that second solve is on the
+        colour trimap (:func:`colour_trimap`) of the band in use, around its centre; a frame whose
+        mask needs none of this is solved once."""
         mask = np.asarray(mask) > 0
         trimap = trimap_from_mask(mask, band_px)
         alpha = self.solve(rgb, trimap)
-        moved = band_px > 0 and edge_shift(mask, alpha) > max(RECENTRE_MIN_PX, RECENTRE_SHARE * band_px)
+        shift = edge_shift(mask, alpha) if band_px > 0 else 0.0
+        moved = band_px > 0 and shift > max(RECENTRE_MIN_PX, RECENTRE_SHARE * band_px)
         centre = alpha > 0.5 if moved else mask
+        if band_px > 1 and shift < self.on_edge:
+            # the solve kept close to the mask: it is on the true edge, and a band as wide as for a
+            # coarse mask only gives the solver room to smear a thin part or a hard edge
+            band_px, trimap = max(1, int(round(NARROW_SHARE * band_px))), None
         # The next trimap depends only on where the band is centred, never on the alpha solved
         # around it, so it is made first and solved once (a recentred band solve would be thrown
         # away whenever the colour trimap differs from it).
-        nxt = trimap_from_mask(centre, band_px) if moved else trimap
+        nxt = trimap_from_mask(centre, band_px) if (moved or trimap is None) else trimap
         if self.trimap == "colour" and band_px > 0:
             nxt = colour_trimap(rgb, centre, band_px)
-        if not np.array_equal(nxt, trimap):
+        if trimap is None or not np.array_equal(nxt, trimap):
             trimap = nxt
             alpha = self.solve(rgb, trimap)
         for _ in range(self.grow if band_px > 0 else 0):
