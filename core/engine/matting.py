@@ -99,8 +99,8 @@ class ClassicalMatter:
     def describe(self) -> dict:
         return {"method": "classical", "solver": self.method, "band": self.band,
                 "solve_max_side": self.solver.max_side, "sample_weight": self.solver.sample_weight,
-                "trimap": self.solver.trimap, "grow": self.solver.grow, "on_edge": self.solver.on_edge, "temporal": self.carry.weight if self.carry else 0.0,
-                "seconds": round(self.seconds, 3)}
+                "trimap": self.solver.trimap, "grow": self.solver.grow, "on_edge": self.solver.on_edge,
+                "temporal": self.carry.weight if self.carry else 0.0, "seconds": round(self.seconds, 3)}
 
 
 class RefinerMatter:
