@@ -275,12 +275,14 @@ def test_a_mask_on_the_edge_gets_a_narrow_band():
     rgb, alpha = _hard_edged(np.random.default_rng(7))
     mask = alpha > 0.5
     base = metrics.sad(mask.astype(float), alpha)
-    narrow = metrics.sad(AlphaSolver("cf", on_edge=1.0).matte(rgb, mask, 5), alpha)
+    solver = AlphaSolver("cf", on_edge=1.0)
+    narrow = metrics.sad(solver.matte(rgb, mask, 5), alpha)
+    assert solver.mask_counts == {"frames": 1, "on_edge": 1, "recentred": 0}
     wide = metrics.sad(AlphaSolver("cf", on_edge=0.0).matte(rgb, mask, 5), alpha)
     assert narrow < base < wide
     dilated = cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0   # off the edge: untouched
-    assert np.array_equal(AlphaSolver("cf", on_edge=1.0).matte(rgb, dilated, 5),
-                          AlphaSolver("cf", on_edge=0.0).matte(rgb, dilated, 5))
+    assert np.array_equal(solver.matte(rgb, dilated, 5), AlphaSolver("cf", on_edge=0.0).matte(rgb, dilated, 5))
+    assert solver.mask_counts == {"frames": 2, "on_edge": 1, "recentred": 1}
     with pytest.raises(ValueError, match="on_edge"):
         AlphaSolver("cf", on_edge=-1)
 

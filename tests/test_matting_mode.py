@@ -60,6 +60,8 @@ def test_matting_given_masks_beats_the_mask_as_alpha_without_sam2(tmp_path: Path
     manifest = list(run_job(job, out))[-1].manifest
     assert manifest["mode"] == "matting" and manifest["segmentation"] == "masks/"
     assert "sam2" not in manifest["models"] and manifest["models"]["matting"]["method"] == "classical"
+    counts = manifest["models"]["matting"]["masks"]             # every frame's mask judged once
+    assert counts["frames"] == 4 and counts["on_edge"] + counts["recentred"] <= 4
     assert sorted(p.name for p in (out / "alpha").iterdir()) == [f"{i:05d}.png" for i in range(4)]
     assert len(list((out / "masks").iterdir())) == 4 and (out / "preview.mp4").stat().st_size > 0
     for i, gt in enumerate(gts):

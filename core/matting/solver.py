@@ -6,6 +6,8 @@ on first import, which must not happen when reelmask merely imports this module.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from core.matting.trimap import BACKGROUND, FOREGROUND, UNKNOWN, colour_trimap, frame_border, trimap_from_mask
@@ -131,6 +133,9 @@ class AlphaSolver:
         if on_edge < 0:
             raise ValueError(f"matting.on_edge must be >= 0, got {on_edge}")
         self.on_edge = float(on_edge)
+        # what matte() found the masks to be, frame by frame (frames are matted on several threads)
+        self.mask_counts = {"frames": 0, "on_edge": 0, "recentred": 0}
+        self._count_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, m) -> "AlphaSolver":
@@ -205,10 +210,15 @@ class AlphaSolver:
         shift = edge_shift(mask, alpha) if band_px > 0 else 0.0
         moved = band_px > 0 and shift > max(RECENTRE_MIN_PX, RECENTRE_SHARE * band_px)
         centre = alpha > 0.5 if moved else mask
-        if band_px > 1 and shift < self.on_edge:
+        narrowed = band_px > 1 and shift < self.on_edge
+        if narrowed:
             # the solve kept close to the mask: it is on the true edge, and a band as wide as for a
             # coarse mask only gives the solver room to smear a thin part or a hard edge
             band_px, trimap = max(1, int(round(NARROW_SHARE * band_px))), None
+        with self._count_lock:
+            self.mask_counts["frames"] += 1
+            self.mask_counts["on_edge"] += int(narrowed)
+            self.mask_counts["recentred"] += int(moved)
         # The next trimap depends only on where the band is centred, never on the alpha solved
         # around it, so it is made first and solved once (a recentred band solve would be thrown
         # away whenever the colour trimap differs from it).
