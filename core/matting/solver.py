@@ -214,7 +214,7 @@ class AlphaSolver:
         if narrowed:
             # the solve kept close to the mask: it is on the true edge, and a band as wide as for a
             # coarse mask only gives the solver room to smear a thin part or a hard edge
-            band_px, trimap = max(1, int(round(NARROW_SHARE * band_px))), None
+            band_px = max(1, int(round(NARROW_SHARE * band_px)))
         with self._count_lock:
             self.mask_counts["frames"] += 1
             self.mask_counts["on_edge"] += int(narrowed)
@@ -222,10 +222,13 @@ class AlphaSolver:
         # The next trimap depends only on where the band is centred, never on the alpha solved
         # around it, so it is made first and solved once (a recentred band solve would be thrown
         # away whenever the colour trimap differs from it).
-        nxt = trimap_from_mask(centre, band_px) if (moved or trimap is None) else trimap
         if self.trimap == "colour" and band_px > 0:
             nxt = colour_trimap(rgb, centre, band_px)
-        if trimap is None or not np.array_equal(nxt, trimap):
+        elif moved or narrowed:
+            nxt = trimap_from_mask(centre, band_px)
+        else:
+            nxt = trimap
+        if narrowed or not np.array_equal(nxt, trimap):
             trimap = nxt
             alpha = self.solve(rgb, trimap)
         for _ in range(self.grow if band_px > 0 else 0):
