@@ -197,14 +197,12 @@ def run_cross(names: list[str], clips: list[str] | None) -> None:
     suite = matting_suite.build(clips)
     kinds = matting_suite.MASK_KINDS
     importlib.import_module("pymatting")
-    short = [k.replace("dilated ", "dil").replace("eroded ", "ero").replace("blocky ", "blk").replace("segmenter", "seg")
-             .replace(" ", "") for k in kinds]
     summary = []
     for name in names:
         changes, what = CANDIDATES[name]
         solver = AlphaSolver.from_config(m := dataclasses.replace(MattingConfig(), **changes))
         print(f"\n{name}: {what}")
-        print(f"{'':14}" + "".join(f"{k:>8}" for k in short))
+        print(f"{'':14}" + "".join(f"{k:>8}" for k in kinds))
         table = []
         for clip in suite:
             rgb, alpha = clip.images[0], clip.alphas[0]

@@ -346,16 +346,17 @@ CLIPS: dict[str, Callable[[np.random.Generator], SuiteClip]] = {
 
 
 # every kind of coarse mask, for bench/matting_quality.py --cross: each clip's alpha under each
+# (short names: they head the table's columns)
 MASK_KINDS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
     "on-edge": lambda a, rng: a > 0.5,                        # thresholded exactly: a segmenter on a good day
-    "dilated 3": lambda a, rng: mask_dilated(a, 3),
-    "dilated 6": lambda a, rng: mask_dilated(a, 6),
-    "eroded 3": lambda a, rng: mask_eroded(a, 3),
-    "eroded 5": lambda a, rng: mask_eroded(a, 5),
-    "blocky 6": lambda a, rng: mask_blocky(a, 6),
-    "blocky 10": lambda a, rng: mask_blocky(a, 10),
-    "segmenter": lambda a, rng: mask_segmenter(a, rng),
-    "segmenter 4": lambda a, rng: mask_segmenter(a, rng, 4.0),
+    "dil3": lambda a, rng: mask_dilated(a, 3),
+    "dil6": lambda a, rng: mask_dilated(a, 6),
+    "ero3": lambda a, rng: mask_eroded(a, 3),
+    "ero5": lambda a, rng: mask_eroded(a, 5),
+    "blk6": lambda a, rng: mask_blocky(a, 6),                 # made at 1/6 resolution
+    "blk10": lambda a, rng: mask_blocky(a, 10),
+    "seg": lambda a, rng: mask_segmenter(a, rng),             # segmenter-like, edge moved by up to 3 px
+    "seg4": lambda a, rng: mask_segmenter(a, rng, 4.0),
 }
 
 
