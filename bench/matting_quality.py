@@ -20,11 +20,14 @@ lemur over another background; each with its own kind of coarse mask) for severa
 settings, and ends with one summary row per candidate: the geometric mean over the suite of
 SAD(matte) / SAD(mask as alpha), the worst clip's ratio and frames/s. --cross (with --suite) gives
 each clip's first frame every kind of coarse mask in turn, on the edge, dilated, eroded, blocky and
-segmenter-like, and counts the pairs where the matte lost to the mask.
+segmenter-like, and counts the pairs where the matte lost to the mask. --scale 2 draws the suite's
+clips at twice the resolution (960x540: the same scenes, edges as sharp), where the band, a share of
+the frame, is twice as many pixels.
 
     .venv/bin/python bench/matting_quality.py --suite
     .venv/bin/python bench/matting_quality.py --suite --candidates default,lkm --clips hair,veil
     .venv/bin/python bench/matting_quality.py --suite --cross --candidates default,wide-on-edge
+    .venv/bin/python bench/matting_quality.py --suite --cross --scale 2 --candidates default
 """
 
 from __future__ import annotations
@@ -140,17 +143,17 @@ def load_refiner_hook(path: str | None, device: str):
     return lambda rgb, mask, prev: refiner.alpha(rgb, mask, prev_alpha=prev)
 
 
-def run_suite(names: list[str], clips: list[str] | None) -> None:
+def run_suite(names: list[str], clips: list[str] | None, scale: int = 1) -> None:
     import dataclasses
 
     from bench import matting_suite
 
-    suite = matting_suite.build(clips)
+    suite = matting_suite.build(clips, scale=scale)
     start = time.perf_counter()
     importlib.import_module("pymatting")
     print(f"import pymatting: {time.perf_counter() - start:.1f} s (one-off)")
-    print(f"suite: {len(suite)} clips, {sum(len(c.images) for c in suite)} frames at "
-          f"{matting_suite.SIZE[0]}x{matting_suite.SIZE[1]}, exact alpha")
+    h, w = suite[0].images[0].shape[:2]
+    print(f"suite: {len(suite)} clips, {sum(len(c.images) for c in suite)} frames at {w}x{h}, exact alpha")
     for clip in suite:
         print(f"  {clip.name:13} {clip.what}")
     summary = []
@@ -185,7 +188,7 @@ def run_suite(names: list[str], clips: list[str] | None) -> None:
     print(f"goal: geometric mean <= {SUITE_GOAL}, no clip over {SUITE_WORST}")
 
 
-def run_cross(names: list[str], clips: list[str] | None) -> None:
+def run_cross(names: list[str], clips: list[str] | None, scale: int = 1) -> None:
     """Each suite clip's first frame under every kind of coarse mask (bench/matting_suite.py
     MASK_KINDS), not only the kind the suite pairs it with: SAD(matte) / SAD(mask as alpha) per
     clip and kind, then per candidate the geometric mean of each kind and over all, and how many
@@ -194,7 +197,7 @@ def run_cross(names: list[str], clips: list[str] | None) -> None:
 
     from bench import matting_suite
 
-    suite = matting_suite.build(clips)
+    suite = matting_suite.build(clips, scale=scale)
     kinds = matting_suite.MASK_KINDS
     importlib.import_module("pymatting")
     summary = []
@@ -264,6 +267,8 @@ def main() -> None:
     ap.add_argument("--clips", default="", help="with --suite: only these clips (comma-separated)")
     ap.add_argument("--cross", action="store_true", help="with --suite: every clip's first frame under every kind of "
                     "coarse mask (on the edge, dilated, eroded, blocky, segmenter-like), not only its own")
+    ap.add_argument("--scale", type=int, default=1, help="with --suite: draw the clips this many times larger "
+                    "(2: 960x540; the masks' errors stay in pixels)")
     args = ap.parse_args()
     if args.cross and not args.suite:
         sys.exit("--cross goes with --suite")
@@ -272,7 +277,7 @@ def main() -> None:
         unknown = [n for n in names if n not in CANDIDATES]
         if unknown:
             sys.exit(f"unknown candidates {unknown}; choose from {', '.join(CANDIDATES)}")
-        (run_cross if args.cross else run_suite)(names, [c for c in args.clips.split(",") if c] or None)
+        (run_cross if args.cross else run_suite)(names, [c for c in args.clips.split(",") if c] or None, args.scale)
         return
 
     solver = AlphaSolver(args.solver, args.max_side, args.sample_weight, trimap=args.trimap, on_edge=args.on_edge)

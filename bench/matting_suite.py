@@ -29,6 +29,9 @@ from bench.common import DATA  # noqa: E402
 
 SIZE = (480, 270)   # width, height of every clip: 16:9 as the DAVIS frames, a quarter of 854x480's pixels
 SS = 4              # supersampling for drawn shapes: alpha is the share of covered sub-pixels
+SCALE = 1           # build(scale=N) draws every clip N times larger: while it builds, SIZE is N times
+                    # larger and SS (drawing units per 480x270 pixel) N times too, so shapes are given in
+                    # 480x270 coordinates and still supersampled 4x
 
 
 @dataclass
@@ -68,7 +71,7 @@ def textured(rng: np.random.Generator, colour: tuple[float, float, float], sprea
              shape: tuple[int, int] | None = None) -> np.ndarray:
     """A foreground colour field: `colour` varied by +-spread with smooth noise per channel."""
     h, w = shape or (SIZE[1], SIZE[0])
-    field = np.stack([smooth_noise(rng, (h, w), 6.0) for _ in range(3)], axis=2)
+    field = np.stack([smooth_noise(rng, (h, w), 6.0 * SCALE) for _ in range(3)], axis=2)
     return np.clip(np.asarray(colour, np.float64) + (field - 0.5) * 2 * spread, 0, 255)
 
 
@@ -80,7 +83,7 @@ def compose(alpha: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ shapes (drawn at SS x, averaged)
 
 def _canvas() -> np.ndarray:
-    return np.zeros((SIZE[1] * SS, SIZE[0] * SS), np.uint8)
+    return np.zeros((SIZE[1] // SCALE * SS, SIZE[0] // SCALE * SS), np.uint8)
 
 
 def _down(canvas: np.ndarray) -> np.ndarray:
@@ -204,8 +207,9 @@ def veil(rng: np.random.Generator) -> SuiteClip:
     body = _down(c)
     h, w = body.shape
     yy, xx = np.mgrid[0:h, 0:w]
-    region = np.clip(1.0 - np.hypot((xx - 280) / 120.0, (yy - 140) / 90.0), 0, 1) ** 0.5   # a broad cloth
-    cloth = region * (0.3 + 0.5 * smooth_noise(rng, (h, w), 8.0))
+    region = np.clip(1.0 - np.hypot((xx - 280 * SCALE) / (120.0 * SCALE), (yy - 140 * SCALE) / (90.0 * SCALE)),
+                     0, 1) ** 0.5   # a broad cloth
+    cloth = region * (0.3 + 0.5 * smooth_noise(rng, (h, w), 8.0 * SCALE))
     alpha = 1 - (1 - body) * (1 - cloth)                          # the body seen through the veil too
     fg = np.where(body[..., None] > 0, textured(rng, (60, 90, 160), 30), textured(rng, (240, 240, 250), 10))
     fg = body[..., None] * textured(rng, (60, 90, 160), 30) + (1 - body[..., None]) * fg
@@ -216,8 +220,8 @@ def veil(rng: np.random.Generator) -> SuiteClip:
 def smoke(rng: np.random.Generator) -> SuiteClip:
     h, w = SIZE[1], SIZE[0]
     yy, xx = np.mgrid[0:h, 0:w]
-    plume = np.clip(1.0 - np.hypot((xx - 240) / 110.0, (yy - 150) / 100.0), 0, 1)
-    alpha = np.clip(plume ** 0.6 * (0.5 + 0.8 * smooth_noise(rng, (h, w), 10.0)), 0, 0.95)
+    plume = np.clip(1.0 - np.hypot((xx - 240 * SCALE) / (110.0 * SCALE), (yy - 150 * SCALE) / (100.0 * SCALE)), 0, 1)
+    alpha = np.clip(plume ** 0.6 * (0.5 + 0.8 * smooth_noise(rng, (h, w), 10.0 * SCALE)), 0, 0.95)
     fg = textured(rng, (210, 210, 215), 15)
     return _still("smoke", "a smoke plume, soft everywhere (alpha up to 0.95), over DAVIS car-shadow; segmenter-like mask",
                   alpha, fg, background("car-shadow", 30)[0], mask_segmenter(alpha, rng, 2.0))
@@ -229,7 +233,7 @@ def motion_blur(rng: np.random.Generator) -> SuiteClip:
     cv2.circle(c, _pt(190, 175), 22 * SS, 255, -1)
     cv2.circle(c, _pt(290, 175), 22 * SS, 255, -1)
     sharp = _down(c)
-    kernel = np.ones((1, 31), np.float64) / 31                    # a 31-pixel horizontal motion
+    kernel = np.ones((1, 31 * SCALE), np.float64) / (31 * SCALE)  # a 31-pixel horizontal motion (at 480x270)
     alpha = np.clip(cv2.filter2D(sharp, -1, kernel, borderType=cv2.BORDER_CONSTANT), 0, 1)
     colours = textured(rng, (200, 40, 40), 40)
     fg = np.stack([cv2.filter2D(colours[..., k] * sharp, -1, kernel, borderType=cv2.BORDER_CONSTANT) for k in range(3)], 2)
@@ -278,16 +282,16 @@ def camouflage(rng: np.random.Generator) -> SuiteClip:
 
 def fast_mover(rng: np.random.Generator, n: int = 6) -> SuiteClip:
     bgs = background("bmx-trees", 0, n, 2)
-    colours = textured(rng, (230, 200, 60), 30, (SIZE[1], SIZE[0] + 400))
+    colours = textured(rng, (230, 200, 60), 30, (SIZE[1], SIZE[0] + 400 * SCALE))
     base = _canvas()
     blob(base, rng, 90, 140, 40, 0.3)
     roots, normals = ellipse_outline(90, 140, 38, 38, 150)
     strands(base, rng, roots, normals, (8, 25), (0.4, 1.8), 0.2)
     images, alphas, masks, fgs = [], [], [], []
     for i in range(n):
-        dx = 55 * i                                               # 55 px a frame
+        dx = 55 * i * SCALE                                       # 55 px a frame (at 480x270)
         alpha = np.roll(_down(base), dx, axis=1)
-        fg = colours[:, 400 - dx:400 - dx + SIZE[0]]
+        fg = colours[:, 400 * SCALE - dx:400 * SCALE - dx + SIZE[0]]
         images.append(compose(alpha, fg, bgs[i]))
         alphas.append(alpha)
         masks.append(mask_segmenter(alpha, rng))
@@ -360,14 +364,25 @@ MASK_KINDS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] =
 }
 
 
-def build(names: list[str] | None = None, seed: int = 17) -> list[SuiteClip]:
-    """The suite's clips (all, or those named), each from its own seeded generator."""
-    out = []
-    for i, (name, make) in enumerate(CLIPS.items()):
-        if names and name not in names:
-            continue
-        out.append(make(np.random.default_rng([seed, i])))
-    return out
+def build(names: list[str] | None = None, seed: int = 17, scale: int = 1) -> list[SuiteClip]:
+    """The suite's clips (all, or those named), each from its own seeded generator. `scale` draws
+    them that many times larger (2: 960x540): shapes, strands, blur and motion grow with it, while
+    anti-aliasing stays a pixel wide and the coarse masks' errors stay in pixels, as a sharper
+    camera's would."""
+    global SIZE, SS, SCALE
+    if scale < 1:
+        raise ValueError(f"scale must be a whole number >= 1, got {scale}")
+    saved = SIZE, SS, SCALE
+    SIZE, SS, SCALE = (saved[0][0] * scale, saved[0][1] * scale), saved[1] * scale, scale
+    try:
+        out = []
+        for i, (name, make) in enumerate(CLIPS.items()):
+            if names and name not in names:
+                continue
+            out.append(make(np.random.default_rng([seed, i])))
+        return out
+    finally:
+        SIZE, SS, SCALE = saved
 
 
 def available() -> bool:

@@ -246,8 +246,8 @@ class MattingConfig:
                         "on past it (strands, smoke, a veil) or is see-through inside the mask (0 = fixed band)",
                      job=True, lo=0, hi=10)
     on_edge: float = _key(1.1, "classical: when the first solve's edge lies on average within this many pixels of the "
-                               "mask's edge (the mask is on the true edge), the band narrows to a fifth and the frame is "
-                               "solved again (0 = never)", job=True, lo=0, hi=100)
+                               "mask's edge (the mask is on the true edge; haze around thin parts not counted), the band "
+                               "narrows to a pixel and the frame is solved again (0 = never)", job=True, lo=0, hi=100)
     temporal: float = _key(0.3, "weight of the previous frame's alpha: classical, where the image did not change; "
                                 "learned refiner, in the unknown band (0 = none)", job=True, lo=0, hi=1)
 

@@ -26,7 +26,12 @@ CF_EPSILON = 1e-6  # closed-form Laplacian regulariser; pymatting's 1e-7 was sli
 # of the band (a dilated, eroded or blocky mask); a mask on the true edge is solved once.
 RECENTRE_SHARE = 0.25
 RECENTRE_MIN_PX = 2.5  # a mask thresholded from a soft edge is off by ~1.3-1.8 px on average: no second solve
-NARROW_SHARE = 0.2     # the band of a mask found on the edge (see matting.on_edge): this share of the band, >= 1 px
+# The band of a mask found on the edge (see matting.on_edge), in pixels at any frame size: such a mask
+# is within about a pixel of the true edge, and an edge's own blur is a pixel or two whatever the
+# resolution (a fifth of the band, as before, is the same pixel at 480x270 but 2 px at 960x540,
+# where it smeared thin parts: bench/matting_quality.py --suite --cross --scale 2)
+NARROW_PX = 1
+THIN_SHARE = 0.25      # parts of a mask thinner than about twice this share of the band count as thin (see thin_haze)
 
 
 def alpha_to_u8(alpha: np.ndarray) -> np.ndarray:
@@ -82,6 +87,36 @@ def edge_shift(mask: np.ndarray, alpha: np.ndarray) -> float:
     if edge == 0 or m.all():
         return 0.0
     return float(np.abs(np.asarray(alpha, np.float64) - m).sum() / edge)
+
+
+def thin_haze(mask: np.ndarray, band_px: int) -> np.ndarray:
+    """Where a wide band's solve around thin parts of a mask (a pole, a rope, a wire, a strand: parts
+    an opening by THIN_SHARE of the band removes) is haze rather than edge: the pixels outside the
+    mask, beyond the narrow band (NARROW_PX), whose nearest mask pixel is thin (and not within the
+    opening's reach of a thick part: a body's corners are not thin). Around a thin
+    part a band many times its width holds no definite foreground, and background coloured like
+    the object there takes on some alpha; that haze is not the mask being off the edge, so
+    :meth:`AlphaSolver.matte` leaves it out when it judges whether the mask is on the edge.
+    All False when the mask has no thin part."""
+    import cv2
+
+    m = (np.asarray(mask) > 0).astype(np.uint8)
+    none = np.zeros(m.shape, bool)
+    if band_px <= 1 or not m.any() or m.all():
+        return none
+    r = max(1, int(round(THIN_SHARE * band_px)))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    thick = cv2.morphologyEx(m, cv2.MORPH_OPEN, disk)
+    # what the opening took off within its own reach of what it kept is corners and steps of a
+    # thick part, not a thin one
+    thin = (m > 0) & (cv2.dilate(thick, disk) == 0)
+    if not thin.any():
+        return none
+    # every pixel's nearest mask pixel (mask pixels are their own)
+    dist, nearest = cv2.distanceTransformWithLabels(1 - m, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    thin_label = np.zeros(int(nearest.max()) + 1, bool)
+    thin_label[nearest[m > 0]] = thin[m > 0]
+    return thin_label[nearest] & (m == 0) & (dist > NARROW_PX)
 
 
 def grow_band(trimap: np.ndarray, alpha: np.ndarray, band_px: int, threshold: float) -> np.ndarray | None:
@@ -200,21 +235,25 @@ class AlphaSolver:
         (and RECENTRE_MIN_PX) away from the mask's edge (a dilated, eroded or low-resolution
         mask), the band is moved onto the solved edge (alpha > 0.5) and solved once more. When it
         lies within ``on_edge`` pixels of the mask's edge (``matting.on_edge``: the mask is on the
-        true edge, as a good segmenter's is), the band narrows to NARROW_SHARE of its width and
-        the mask is solved once more in it. With ``trimap = "colour"`` that second solve is on the
-        colour trimap (:func:`colour_trimap`) of the band in use, around its centre; a frame whose
-        mask needs none of this is solved once."""
+        true edge, as a good segmenter's is; the haze around thin parts, see :func:`thin_haze`,
+        not counted), the band narrows to NARROW_PX and the mask is solved once more in it. With
+        ``trimap = "colour"`` that second solve is on the colour trimap (:func:`colour_trimap`) of
+        the band in use, around its centre; a frame whose mask needs none of this is solved once."""
         mask = np.asarray(mask) > 0
         trimap = trimap_from_mask(mask, band_px)
         alpha = self.solve(rgb, trimap)
         shift = edge_shift(mask, alpha) if band_px > 0 else 0.0
         moved = band_px > 0 and shift > max(RECENTRE_MIN_PX, RECENTRE_SHARE * band_px)
         centre = alpha > 0.5 if moved else mask
-        narrowed = band_px > 1 and shift < self.on_edge
+        narrowed = band_px > 1 and not moved and shift < self.on_edge
+        if band_px > 1 and not moved and not narrowed and self.on_edge > 0:
+            haze = thin_haze(mask, band_px)
+            if haze.any():   # judged without the haze a wide band leaves around thin parts
+                narrowed = edge_shift(mask, np.where(haze, 0.0, alpha)) < self.on_edge
         if narrowed:
             # the solve kept close to the mask: it is on the true edge, and a band as wide as for a
             # coarse mask only gives the solver room to smear a thin part or a hard edge
-            band_px = max(1, int(round(NARROW_SHARE * band_px)))
+            band_px = NARROW_PX
         with self._count_lock:
             self.mask_counts["frames"] += 1
             self.mask_counts["on_edge"] += int(narrowed)
