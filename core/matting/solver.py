@@ -93,11 +93,11 @@ def thin_haze(mask: np.ndarray, band_px: int) -> np.ndarray:
     """Where a wide band's solve around thin parts of a mask (a pole, a rope, a wire, a strand: parts
     an opening by THIN_SHARE of the band removes) is haze rather than edge: the pixels outside the
     mask, beyond the narrow band (NARROW_PX), whose nearest mask pixel is thin (and not within the
-    opening's reach of a thick part: a body's corners are not thin). Around a thin
-    part a band many times its width holds no definite foreground, and background coloured like
-    the object there takes on some alpha; that haze is not the mask being off the edge, so
-    :meth:`AlphaSolver.matte` leaves it out when it judges whether the mask is on the edge.
-    All False when the mask has no thin part."""
+    opening's reach of a thick part: a body's corners are not thin). Around a thin part a band
+    many times its width holds no definite foreground, and background coloured like the object
+    there takes on some alpha; that haze is not the mask being off the edge, so
+    :meth:`AlphaSolver.matte` leaves it out when it judges whether the mask is on the edge. All
+    False when the mask has no thin part."""
     import cv2
 
     m = (np.asarray(mask) > 0).astype(np.uint8)
