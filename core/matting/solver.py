@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from core.matting.trimap import BACKGROUND, FOREGROUND, UNKNOWN, colour_trimap, frame_border, trimap_from_mask
+from core.matting.trimap import BACKGROUND, FOREGROUND, UNKNOWN, colour_trimap, disk, frame_border, trimap_from_mask
 
 METHODS = {
     "cf": "estimate_alpha_cf",    # closed form (Levin et al. 2008)
@@ -104,12 +104,11 @@ def thin_haze(mask: np.ndarray, band_px: int) -> np.ndarray:
     none = np.zeros(m.shape, bool)
     if band_px <= 1 or not m.any() or m.all():
         return none
-    r = max(1, int(round(THIN_SHARE * band_px)))
-    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    thick = cv2.morphologyEx(m, cv2.MORPH_OPEN, disk)
+    reach = disk(max(1, int(round(THIN_SHARE * band_px))))
+    thick = cv2.morphologyEx(m, cv2.MORPH_OPEN, reach)
     # what the opening took off within its own reach of what it kept is corners and steps of a
     # thick part, not a thin one
-    thin = (m > 0) & (cv2.dilate(thick, disk) == 0)
+    thin = (m > 0) & (cv2.dilate(thick, reach) == 0)
     if not thin.any():
         return none
     # every pixel's nearest mask pixel (mask pixels are their own)
@@ -134,7 +133,7 @@ def grow_band(trimap: np.ndarray, alpha: np.ndarray, band_px: int, threshold: fl
     inner = unknown & (cv2.dilate(fg.astype(np.uint8), ring) > 0) & (alpha < 1.0 - threshold)
     if outer.sum() + inner.sum() < 4:
         return None
-    reach = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band_px + 1, 2 * band_px + 1))
+    reach = disk(band_px)
     out = trimap.copy()
     out[(cv2.dilate(outer.astype(np.uint8), reach) > 0) & bg] = UNKNOWN
     out[(cv2.dilate(inner.astype(np.uint8), reach) > 0) & fg] = UNKNOWN

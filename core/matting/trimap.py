@@ -17,7 +17,8 @@ def band_pixels(band: float, height: int, width: int) -> int:
     return max(1, int(round(band * min(height, width))))
 
 
-def _ellipse(radius: int) -> np.ndarray:
+def disk(radius: int) -> np.ndarray:
+    """An elliptical structuring element 2 * radius + 1 pixels across (a digital disc)."""
     import cv2
 
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
@@ -66,7 +67,7 @@ def trimap_from_mask(mask: np.ndarray, band_px: int) -> np.ndarray:
     m = (mask > 0).astype(np.uint8)
     if band_px <= 0:
         return m * FOREGROUND
-    kernel = _ellipse(int(band_px))
+    kernel = disk(int(band_px))
     fg = cv2.erode(m, kernel) > 0
     _keep_cores(m, fg)
     reach = cv2.dilate(m, kernel) > 0
