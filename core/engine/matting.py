@@ -76,14 +76,14 @@ class ClassicalMatter:
 
     sequential = False  # frames are independent: several may be matted at once
 
-    def __init__(self, band: float, solver: str, max_side: int, foreground: bool, sample_weight: float = 0.0,
-                 grow: int = 0, temporal: float = 0.0, trimap: str = "band", on_edge: float = 0.0):
+    def __init__(self, m):
+        """`m`: the job's `matting` config (core.config.MattingConfig)."""
         from core.matting.solver import AlphaSolver
         from core.matting.temporal import TemporalCarry
 
-        self.band, self.method, self.foreground = band, solver, foreground
-        self.solver = AlphaSolver(solver, max_side, sample_weight, grow, trimap=trimap, on_edge=on_edge)
-        self.carry = TemporalCarry(temporal) if temporal > 0 else None   # applied in frame order by the engine
+        self.band, self.method, self.foreground = m.band, m.solver, m.foreground
+        self.solver = AlphaSolver.from_config(m)
+        self.carry = TemporalCarry(m.temporal) if m.temporal > 0 else None   # applied in frame order by the engine
         self.seconds = 0.0
 
     def __call__(self, rgb: np.ndarray, mask: np.ndarray, prev: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -282,8 +282,7 @@ class MattingMode(ModeSpec):
         if cfg.models.matting:
             matter = RefinerMatter(x.models.matting_refiner(cfg, x.model), m.foreground, m.solve_max_side)
         else:
-            matter = ClassicalMatter(m.band, m.solver, m.solve_max_side, m.foreground, m.sample_weight, m.grow,
-                                     m.temporal, m.trimap, m.on_edge)
+            matter = ClassicalMatter(m)
         return MattingEngine(inner, x.folder, matter, should_stop=x.should_stop)
 
 
