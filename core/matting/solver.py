@@ -244,11 +244,12 @@ class AlphaSolver:
         shift = edge_shift(mask, alpha) if band_px > 0 else 0.0
         moved = band_px > 0 and shift > max(RECENTRE_MIN_PX, RECENTRE_SHARE * band_px)
         centre = alpha > 0.5 if moved else mask
-        narrowed = band_px > 1 and not moved and shift < self.on_edge
-        if band_px > 1 and not moved and not narrowed and self.on_edge > 0:
-            haze = thin_haze(mask, band_px)
-            if haze.any():   # judged without the haze a wide band leaves around thin parts
-                narrowed = edge_shift(mask, np.where(haze, 0.0, alpha)) < self.on_edge
+        narrowed = False
+        if band_px > 1 and not moved and self.on_edge > 0:
+            narrowed = shift < self.on_edge
+            if not narrowed:   # judged again without the haze a wide band leaves around thin parts
+                haze = thin_haze(mask, band_px)
+                narrowed = bool(haze.any()) and edge_shift(mask, np.where(haze, 0.0, alpha)) < self.on_edge
         if narrowed:
             # the solve kept close to the mask: it is on the true edge, and a band as wide as for a
             # coarse mask only gives the solver room to smear a thin part or a hard edge
