@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import DATA  # noqa: E402
+from core.matting.trimap import disk  # noqa: E402
 
 SIZE = (480, 270)   # width, height of every clip: 16:9 as the DAVIS frames, a quarter of 854x480's pixels
 SS = 4              # supersampling for drawn shapes: alpha is the share of covered sub-pixels
@@ -129,16 +130,12 @@ def blob(canvas: np.ndarray, rng: np.random.Generator, cx: float, cy: float, r: 
 
 # ------------------------------------------------------------------ coarse masks
 
-def _disk(r: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-
-
 def mask_dilated(alpha: np.ndarray, px: int) -> np.ndarray:
-    return cv2.dilate((alpha > 0.5).astype(np.uint8), _disk(px)) > 0
+    return cv2.dilate((alpha > 0.5).astype(np.uint8), disk(px)) > 0
 
 
 def mask_eroded(alpha: np.ndarray, px: int) -> np.ndarray:
-    return cv2.erode((alpha > 0.5).astype(np.uint8), _disk(px)) > 0
+    return cv2.erode((alpha > 0.5).astype(np.uint8), disk(px)) > 0
 
 
 def mask_blocky(alpha: np.ndarray, factor: int) -> np.ndarray:
@@ -154,7 +151,7 @@ def mask_segmenter(alpha: np.ndarray, rng: np.random.Generator, shift: float = 3
     h, w = alpha.shape
     soft = cv2.GaussianBlur(alpha.astype(np.float32), (0, 0), 1.5)
     mask = (soft > 0.5).astype(np.uint8)
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disk(2))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, disk(2))
     if not mask.any():
         return mask > 0
     inside = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
