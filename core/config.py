@@ -242,6 +242,10 @@ class MattingConfig:
     trimap: str = _key("colour", "classical: \"band\" (a fixed unknown band around the mask edge) or \"colour\" (the band, opened "
                                  "up where a pixel's colour is nearer the other side's: strands and gaps the mask swallowed or missed)",
                        job=True)
+    colour_overlap: float = _key(0.08, "classical, colour trimap: the plain band is kept when more than this share of the "
+                                       "object's core colours lie among the background's just outside the band (an object "
+                                       "coloured partly like its surroundings, which colour would punch holes in; 1 = always open up)",
+                                 job=True, lo=0, hi=1)
     grow: int = _key(0, "classical: times the unknown band may widen (by its own width) where the solved alpha runs "
                         "on past it (strands, smoke, a veil) or is see-through inside the mask (0 = fixed band)",
                      job=True, lo=0, hi=10)

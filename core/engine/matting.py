@@ -99,7 +99,8 @@ class ClassicalMatter:
     def describe(self) -> dict:
         return {"method": "classical", "solver": self.method, "band": self.band,
                 "solve_max_side": self.solver.max_side, "sample_weight": self.solver.sample_weight,
-                "trimap": self.solver.trimap, "grow": self.solver.grow, "on_edge": self.solver.on_edge,
+                "trimap": self.solver.trimap, "colour_overlap": self.solver.colour_overlap, "grow": self.solver.grow,
+                "on_edge": self.solver.on_edge,
                 "temporal": self.carry.weight if self.carry else 0.0, "seconds": round(self.seconds, 3),
                 # frames matted in this run whose mask the first solve found on the true edge (band
                 # narrowed) or off it (band moved onto the solved edge); the rest kept the band

@@ -10,7 +10,8 @@ import threading
 
 import numpy as np
 
-from core.matting.trimap import BACKGROUND, FOREGROUND, UNKNOWN, colour_trimap, disk, frame_border, trimap_from_mask
+from core.matting.trimap import (BACKGROUND, COLOUR_OVERLAP, FOREGROUND, UNKNOWN, colour_trimap, disk, frame_border,
+                                 trimap_from_mask)
 
 METHODS = {
     "cf": "estimate_alpha_cf",    # closed form (Levin et al. 2008)
@@ -150,7 +151,8 @@ class AlphaSolver:
     shared matting's sampled alpha as a data term to the cf solver; 0 gives plain closed form."""
 
     def __init__(self, method: str = "cf", max_side: int = 1024, sample_weight: float = 0.01, grow: int = 0,
-                 grow_threshold: float = 0.1, trimap: str = "band", on_edge: float = 0.0):
+                 grow_threshold: float = 0.1, trimap: str = "band", on_edge: float = 0.0,
+                 colour_overlap: float = COLOUR_OVERLAP):
         if method not in METHODS:
             raise ValueError(f"unknown matting.solver {method!r}; choose one of {', '.join(METHODS)}")
         if max_side < 16:
@@ -167,6 +169,9 @@ class AlphaSolver:
         if on_edge < 0:
             raise ValueError(f"matting.on_edge must be >= 0, got {on_edge}")
         self.on_edge = float(on_edge)
+        if not 0 <= colour_overlap <= 1:
+            raise ValueError(f"matting.colour_overlap must be between 0 and 1, got {colour_overlap}")
+        self.colour_overlap = float(colour_overlap)
         # what matte() found the masks to be, frame by frame (frames are matted on several threads)
         self.mask_counts = {"frames": 0, "on_edge": 0, "recentred": 0}
         self._count_lock = threading.Lock()
@@ -174,7 +179,8 @@ class AlphaSolver:
     @classmethod
     def from_config(cls, m) -> "AlphaSolver":
         """The solver a `matting` config (core.config.MattingConfig) asks for."""
-        return cls(m.solver, m.solve_max_side, m.sample_weight, m.grow, trimap=m.trimap, on_edge=m.on_edge)
+        return cls(m.solver, m.solve_max_side, m.sample_weight, m.grow, trimap=m.trimap, on_edge=m.on_edge,
+                   colour_overlap=m.colour_overlap)
 
     def solve(self, rgb: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         """Alpha (float32 H x W in [0, 1]) of an RGB uint8 image under a 0/128/255 trimap."""
@@ -262,7 +268,7 @@ class AlphaSolver:
         # around it, so it is made first and solved once (a recentred band solve would be thrown
         # away whenever the colour trimap differs from it).
         if self.trimap == "colour" and band_px > 0:
-            nxt = colour_trimap(rgb, centre, band_px)
+            nxt = colour_trimap(rgb, centre, band_px, overlap_limit=self.colour_overlap)
         elif moved or narrowed:
             nxt = trimap_from_mask(centre, band_px)
         else:

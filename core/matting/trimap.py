@@ -96,6 +96,12 @@ def overlap(a_tree, b_tree, a_pts: np.ndarray) -> float:
     return float(np.mean(b_tree.query(a_pts, k=5)[0].mean(axis=1) < 1.5 * own))
 
 
+# The colour trimap is kept only while less than this share of the core's colours lie among the
+# background's (see `overlap`). Strands over a background of other colours share 0-0.06 (the suite's
+# hair, fur, fast mover, swaying hair); DAVIS car-shadow's silver car beside grey road and walls
+# 0.14-0.21, its dog 0.06-0.11, the lemur video 0.05-0.08: above ~0.08 the colour rules punched holes
+# deep inside such solid objects (bench/matting_quality.py, README "Holes in solid objects").
+COLOUR_OVERLAP = 0.08
 TURN_SPREAD = 1.5   # a pixel turns over only this near the other side's samples (times their own spacing)
 SPECK_AREA = 6      # a group of fewer pixels turned to background deep inside the mask is kept foreground
 SPECK_DEPTH = 6.0   # "deep": more than this many band widths inside the mask edge, on average
@@ -120,7 +126,7 @@ def _without_deep_specks(candidates: np.ndarray, turned: np.ndarray, inside: np.
 
 
 def colour_trimap(rgb: np.ndarray, mask: np.ndarray, band_px: int, ratio: float = 0.7, sure: float = 0.2,
-                  overlap_limit: float = 0.2, reach: int = 4, samples: int = 3000) -> np.ndarray:
+                  overlap_limit: float = COLOUR_OVERLAP, reach: int = 4, samples: int = 3000) -> np.ndarray:
     """The band trimap, opened up (and inside the mask, where it is clear, turned over) where the
     colours say the mask is wrong.
 
@@ -136,8 +142,9 @@ def colour_trimap(rgb: np.ndarray, mask: np.ndarray, band_px: int, ratio: float 
     the mask missed), but never foreground outright: on real footage (the lemur video, every mask
     kind) background pixels coloured like the object's core are common, and turning them over cost
     far more than the missed strands it found (see README, Matting). Where the models overlap (by
-    more than `overlap_limit`, see `overlap`: a foreground coloured like its background), colour
-    cannot tell them apart and the band trimap is returned unchanged. Sampling is seeded, so a
+    more than `overlap_limit`, ``matting.colour_overlap``, see `overlap`: a foreground coloured
+    wholly or partly like its background, as a silver car beside grey road), colour cannot tell
+    them apart well enough and the band trimap is returned unchanged. Sampling is seeded, so a
     frame always gets the same trimap."""
     import cv2
     from scipy.spatial import cKDTree
