@@ -182,8 +182,13 @@ class AlphaSolver:
         return cls(m.solver, m.solve_max_side, m.sample_weight, m.grow, trimap=m.trimap, on_edge=m.on_edge,
                    colour_overlap=m.colour_overlap)
 
-    def solve(self, rgb: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-        """Alpha (float32 H x W in [0, 1]) of an RGB uint8 image under a 0/128/255 trimap."""
+    def scale(self, height: int, width: int) -> float:
+        """The scale a frame of this size is solved at (1.0, or less for frames over ``max_side``)."""
+        return min(1.0, self.max_side / max(height, width))
+
+    def solve(self, rgb: np.ndarray, trimap: np.ndarray, full_size: bool = False) -> np.ndarray:
+        """Alpha (float32 H x W in [0, 1]) of an RGB uint8 image under a 0/128/255 trimap, solved at
+        :meth:`scale` (``full_size``: at the frame's own size, for a band of a few pixels)."""
         rgb, trimap = np.asarray(rgb), np.asarray(trimap)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[:2] != trimap.shape:
             raise ValueError(f"need an H x W x 3 image and an H x W trimap, got {rgb.shape} and {trimap.shape}")
@@ -194,7 +199,7 @@ class AlphaSolver:
         import cv2
 
         h, w = trimap.shape
-        scale = min(1.0, self.max_side / max(h, w))
+        scale = 1.0 if full_size else self.scale(h, w)
         ys, xs = _bbox(unknown, int(np.ceil(MARGIN / scale)))
         crop_rgb, crop_tri = rgb[ys, xs], trimap[ys, xs]
         ch, cw = crop_tri.shape
@@ -209,13 +214,35 @@ class AlphaSolver:
         else:
             small_rgb = crop_rgb
             small_tri = np.where(crop_tri == FOREGROUND, 1.0, np.where(crop_tri == BACKGROUND, 0.0, 0.5))
-        solved = self._solve_small(small_rgb, small_tri)
+        if scale == 1.0 and max(ch, cw) > self.max_side:
+            solved = self._solve_tiled(small_rgb, small_tri)
+        else:
+            solved = self._solve_small(small_rgb, small_tri)
         if solved.shape != (ch, cw):
             solved = cv2.resize(solved, (cw, ch), interpolation=cv2.INTER_LINEAR)
         region = alpha[ys, xs]
         band = unknown[ys, xs]
         region[band] = np.clip(solved[band], 0.0, 1.0)
         return alpha
+
+    def _solve_tiled(self, rgb: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+        """A crop larger than max_side solved at full size (a narrow band): tile by tile, each tile
+        of max_side / 2 pixels a side with MARGIN pixels of its surroundings, skipping tiles without
+        unknown pixels, so memory stays that of a max_side solve (the closed-form Laplacian takes
+        about 400 bytes a pixel of the crop, several GB for a large object at 4K)."""
+        h, w = trimap.shape
+        step = max(16, self.max_side // 2)
+        out = trimap.astype(np.float32, copy=True)
+        unknown = trimap == 0.5
+        for y in range(0, h, step):
+            for x in range(0, w, step):
+                if not unknown[y:y + step, x:x + step].any():
+                    continue
+                ya, xa = max(0, y - MARGIN), max(0, x - MARGIN)
+                yb, xb = min(h, y + step + MARGIN), min(w, x + step + MARGIN)
+                tile = self._solve_small(rgb[ya:yb, xa:xb], trimap[ya:yb, xa:xb])
+                out[y:y + step, x:x + step] = tile[y - ya:y - ya + step, x - xa:x - xa + step]
+        return out
 
     def _solve_small(self, rgb: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         has_fg, has_bg = (trimap == 1.0).any(), (trimap == 0.0).any()
@@ -247,15 +274,18 @@ class AlphaSolver:
         mask = np.asarray(mask) > 0
         trimap = trimap_from_mask(mask, band_px)
         alpha = self.solve(rgb, trimap)
+        # A frame over max_side is solved smaller and its alpha scaled back, which blurs the edge by
+        # about a solved pixel: distances from the mask's edge are judged in solved pixels.
+        px = 1.0 / self.scale(*mask.shape)
         shift = edge_shift(mask, alpha) if band_px > 0 else 0.0
-        moved = band_px > 0 and shift > max(RECENTRE_MIN_PX, RECENTRE_SHARE * band_px)
+        moved = band_px > 0 and shift > max(RECENTRE_MIN_PX * px, RECENTRE_SHARE * band_px)
         centre = alpha > 0.5 if moved else mask
         narrowed = False
         if band_px > 1 and not moved and self.on_edge > 0:
-            narrowed = shift < self.on_edge
+            narrowed = shift < self.on_edge * px
             if not narrowed:   # judged again without the haze a wide band leaves around thin parts
                 haze = thin_haze(mask, band_px)
-                narrowed = bool(haze.any()) and edge_shift(mask, np.where(haze, 0.0, alpha)) < self.on_edge
+                narrowed = bool(haze.any()) and edge_shift(mask, np.where(haze, 0.0, alpha)) < self.on_edge * px
         if narrowed:
             # the solve kept close to the mask: it is on the true edge, and a band as wide as for a
             # coarse mask only gives the solver room to smear a thin part or a hard edge
@@ -275,7 +305,9 @@ class AlphaSolver:
             nxt = trimap
         if narrowed or not np.array_equal(nxt, trimap):
             trimap = nxt
-            alpha = self.solve(rgb, trimap)
+            # the narrowed band is a ring a few pixels wide: solved at the frame's own size, where
+            # its pixel-sized detail is (cheap at any size: only its unknown pixels are solved)
+            alpha = self.solve(rgb, trimap, full_size=narrowed)
         for _ in range(self.grow if band_px > 0 else 0):
             grown = grow_band(trimap, alpha, band_px, self.grow_threshold)
             if grown is None:
