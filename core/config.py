@@ -234,7 +234,8 @@ class MattingConfig:
                        job=True, lo=0, hi=0.5)
     solver: str = _key("cf", "classical alpha solver (pymatting): cf (closed form), knn, lkm, rw (random walk) or sm (shared)",
                        job=True)
-    solve_max_side: int = _key(1024, "frames larger than this are matted at this size (longest side) and the alpha scaled back",
+    solve_max_side: int = _key(1024, "frames larger than this are matted at this size (longest side) and the alpha scaled back "
+                                "(a band narrowed for a mask on the edge is solved at full size, in tiles of half this)",
                                job=True, lo=64, hi=4096)
     sample_weight: float = _key(0.01, "cf solver: pull of shared matting's per-pixel sampled alpha against the closed-form smoothness (0 = plain closed form; helps thin strands)",
                                 job=True, lo=0, hi=100)
