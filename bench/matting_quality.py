@@ -68,6 +68,7 @@ CANDIDATES = {
     "band-grow": ({"trimap": "band", "grow": 2, "temporal": 0.0, "on_edge": 0.0}, "cf with samples, band widened twice where alpha runs on"),
     "colour-nocarry": ({"temporal": 0.0}, "the default without the temporal carry"),
     "wide-on-edge": ({"on_edge": 0.0}, "the default without narrowing the band for a mask on the edge"),
+    "on-edge-2": ({"on_edge": 2.0}, "the default, a mask judged on the edge up to 2 (solved) pixels off it"),
     "overlap-0.2": ({"colour_overlap": 0.2}, "the default with the colour trimap's earlier overlap limit"),
     "band-0.04": ({"band": 0.04}, "the default with a band twice as wide"),
     "band-0.06": ({"band": 0.06}, "the default with a band three times as wide"),
