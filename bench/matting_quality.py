@@ -22,7 +22,8 @@ SAD(matte) / SAD(mask as alpha), the worst clip's ratio and frames/s. --cross (w
 each clip's first frame every kind of coarse mask in turn, on the edge, dilated, eroded, blocky and
 segmenter-like, and counts the pairs where the matte lost to the mask. --scale 2 draws the suite's
 clips at twice the resolution (960x540: the same scenes, edges as sharp), where the band, a share of
-the frame, is twice as many pixels.
+the frame, is twice as many pixels; --scale 4 at 1920x1080, over matting.solve_max_side (1024), where
+the wide band is solved at about half size.
 
     .venv/bin/python bench/matting_quality.py --suite
     .venv/bin/python bench/matting_quality.py --suite --candidates default,lkm --clips hair,veil
@@ -319,7 +320,7 @@ def main() -> None:
     ap.add_argument("--holes", action="store_true", help="count holes the candidates make deep inside the "
                     "hand-drawn masks of the DAVIS clips (solid objects), instead")
     ap.add_argument("--scale", type=int, default=1, help="with --suite: draw the clips this many times larger "
-                    "(2: 960x540; the masks' errors stay in pixels)")
+                    "(2: 960x540, 4: 1920x1080, over matting.solve_max_side; the masks' errors stay in pixels)")
     args = ap.parse_args()
     if args.cross and not args.suite:
         sys.exit("--cross goes with --suite")
