@@ -126,7 +126,8 @@ def _without_deep_specks(candidates: np.ndarray, turned: np.ndarray, inside: np.
 
 
 def colour_trimap(rgb: np.ndarray, mask: np.ndarray, band_px: int, ratio: float = 0.7, sure: float = 0.2,
-                  overlap_limit: float = COLOUR_OVERLAP, reach: int = 4, samples: int = 3000) -> np.ndarray:
+                  overlap_limit: float = COLOUR_OVERLAP, reach: int = 4, samples: int = 3000,
+                  turn_over: bool = True) -> np.ndarray:
     """The band trimap, opened up (and inside the mask, where it is clear, turned over) where the
     colours say the mask is wrong.
 
@@ -144,8 +145,10 @@ def colour_trimap(rgb: np.ndarray, mask: np.ndarray, band_px: int, ratio: float 
     far more than the missed strands it found (see README, Matting). Where the models overlap (by
     more than `overlap_limit`, ``matting.colour_overlap``, see `overlap`: a foreground coloured
     wholly or partly like its background, as a silver car beside grey road), colour cannot tell
-    them apart well enough and the band trimap is returned unchanged. Sampling is seeded, so a
-    frame always gets the same trimap."""
+    them apart well enough and the band trimap is returned unchanged. With `turn_over` False
+    nothing is turned over, only opened up (a mask on the true edge holds no background: its
+    pixels are over half covered, and the gaps it holds between strands are partial). Sampling is
+    seeded, so a frame always gets the same trimap."""
     import cv2
     from scipy.spatial import cKDTree
 
@@ -180,7 +183,7 @@ def colour_trimap(rgb: np.ndarray, mask: np.ndarray, band_px: int, ratio: float 
         return max(1.0, float(np.median(tree.query(pts[:1000], k=6)[0][:, 1:].mean(axis=1))))
 
     unsure = np.where(in_mask, to_bg < ratio * to_fg, to_fg < ratio * to_bg)
-    turned = in_mask & (to_bg < sure * to_fg) & (to_bg <= TURN_SPREAD * spread(bg_tree, ring_pts))
+    turned = in_mask & (to_bg < sure * to_fg) & (to_bg <= TURN_SPREAD * spread(bg_tree, ring_pts)) & turn_over
     turned = _without_deep_specks(candidates, turned, inside, SPECK_DEPTH * band_px)
     flat = trimap[candidates]
     flat[unsure] = UNKNOWN
