@@ -216,9 +216,11 @@ class TrackEngine:
             if id_map is not None:
                 emitted += 1
                 yield FrameResult(frame, id_map, chunk.index)
-        del state
+        # the state is still held when the chunk's end is reported: the memory read there (at its
+        # fullest) is the chunk's peak; it goes when the next chunk is asked for
         yield ChunkFinished(chunk.index, chunk.start, chunk.end, sweep, time.perf_counter() - began, emitted,
                             dict(handover_out))
+        del state
 
     def _give(self, state: dict, plan: _Plan, p: ObjectPrompt, chunk_index: int) -> PromptUsed:
         local = plan.local(p.frame)
