@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 import types
 from itertools import count
 from pathlib import Path
@@ -108,16 +109,23 @@ async def test_the_training_form_queues_a_training_command(tmp_path: Path):
         form = app.screen
         form.query_one("#data").value = str(tmp_path / "missing")
         await pilot.click("#submit-training")
-        await pilot.pause(0.1)
-        assert "does not exist" in str(form.query_one("#train-error").render())  # refused, form stays open
+        error = lambda: str(form.query_one("#train-error").render())  # noqa: E731
+        deadline = time.monotonic() + 60   # answered on the next message round; a busy machine is slow
+        while "does not exist" not in error() and time.monotonic() < deadline:
+            await pilot.pause(0.05)
+        assert "does not exist" in error() and app.screen is form  # refused, form stays open
         form.query_one("#data").value = str(data)
         form.query_one("#epochs").value = "3"
         form.query_one("#size").value = "128"
+        # a Button ignores clicks while its press effect (0.2 s) lasts: on a fast machine the second
+        # click came within it and was lost. Wait it out (and for the layout the error's text moved).
+        while form.query_one("#submit-training").has_class("-active") and time.monotonic() < deadline:
+            await pilot.pause(0.05)
+        await pilot.pause()
         await pilot.click("#submit-training")
-        for _ in range(50):  # the modal closes on the next message round
-            if app.screen is not form:
-                break
-            await pilot.pause(0.02)
+        deadline = time.monotonic() + 60   # the modal closes on the next message round; a busy machine is slow
+        while app.screen is form and time.monotonic() < deadline:
+            await pilot.pause(0.05)
         assert app.screen is not form
     [cmd] = Store(cfg.path(cfg.paths.db)).pending_commands()
     assert cmd.kind == "train" and cmd.payload["kind"] == "unet" and cmd.payload["data"] == str(data.resolve())
