@@ -43,6 +43,13 @@ async def _settle(app, pilot) -> None:
     await pilot.pause()
 
 
+async def _until(pilot, condition, seconds: float = 60.0) -> None:
+    """Pause until `condition()` holds, or `seconds` have passed (generous: a busy machine is slow)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        await pilot.pause(0.05)
+
+
 @_sync
 async def test_submitted_jobs_appear_and_cancel_writes_a_command(tmp_path: Path, monkeypatch):
     cfg = _cfg(tmp_path)
@@ -110,22 +117,17 @@ async def test_the_training_form_queues_a_training_command(tmp_path: Path):
         form.query_one("#data").value = str(tmp_path / "missing")
         await pilot.click("#submit-training")
         error = lambda: str(form.query_one("#train-error").render())  # noqa: E731
-        deadline = time.monotonic() + 60   # answered on the next message round; a busy machine is slow
-        while "does not exist" not in error() and time.monotonic() < deadline:
-            await pilot.pause(0.05)
+        await _until(pilot, lambda: "does not exist" in error())   # answered on the next message round
         assert "does not exist" in error() and app.screen is form  # refused, form stays open
         form.query_one("#data").value = str(data)
         form.query_one("#epochs").value = "3"
         form.query_one("#size").value = "128"
         # a Button ignores clicks while its press effect (0.2 s) lasts: on a fast machine the second
         # click came within it and was lost. Wait it out (and for the layout the error's text moved).
-        while form.query_one("#submit-training").has_class("-active") and time.monotonic() < deadline:
-            await pilot.pause(0.05)
+        await _until(pilot, lambda: not form.query_one("#submit-training").has_class("-active"))
         await pilot.pause()
         await pilot.click("#submit-training")
-        deadline = time.monotonic() + 60   # the modal closes on the next message round; a busy machine is slow
-        while app.screen is form and time.monotonic() < deadline:
-            await pilot.pause(0.05)
+        await _until(pilot, lambda: app.screen is not form)   # the modal closes on the next message round
         assert app.screen is not form
     [cmd] = Store(cfg.path(cfg.paths.db)).pending_commands()
     assert cmd.kind == "train" and cmd.payload["kind"] == "unet" and cmd.payload["data"] == str(data.resolve())
