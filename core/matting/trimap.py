@@ -183,8 +183,11 @@ def colour_trimap(rgb: np.ndarray, mask: np.ndarray, band_px: int, ratio: float 
         return max(1.0, float(np.median(tree.query(pts[:1000], k=6)[0][:, 1:].mean(axis=1))))
 
     unsure = np.where(in_mask, to_bg < ratio * to_fg, to_fg < ratio * to_bg)
-    turned = in_mask & (to_bg < sure * to_fg) & (to_bg <= TURN_SPREAD * spread(bg_tree, ring_pts)) & turn_over
-    turned = _without_deep_specks(candidates, turned, inside, SPECK_DEPTH * band_px)
+    if turn_over:
+        turned = in_mask & (to_bg < sure * to_fg) & (to_bg <= TURN_SPREAD * spread(bg_tree, ring_pts))
+        turned = _without_deep_specks(candidates, turned, inside, SPECK_DEPTH * band_px)
+    else:
+        turned = np.zeros(in_mask.shape, bool)
     flat = trimap[candidates]
     flat[unsure] = UNKNOWN
     flat[turned] = BACKGROUND
